@@ -1,0 +1,271 @@
+"""Backbones, projectors and checkpoint loading.
+
+Two model families, each with the key layout of the original code so that checkpoints
+move freely between this repository and the released files (REFERENCE.md section 2):
+
+* `Model` (small data sets): keys `f.*` (ResNet with a 3x3 stem) and `g.*` (projector).
+* `ImageNetModel`: keys `backbone.*` (torchvision ResNet-50, `fc` = Identity) and
+  `projector.*`.
+"""
+import re
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+EMBEDDING_SIZE = {'resnet18': 512, 'resnet50': 2048}
+# 32x32 inputs drop the max-pool; 64x64 inputs keep it (REFERENCE.md section 2).
+NO_MAXPOOL = {'cifar10', 'cifar100', 'fashionmnist'}
+WITH_MAXPOOL = {'stl10', 'tiny_imagenet'}
+SMALL_DATASETS = NO_MAXPOOL | WITH_MAXPOOL
+
+
+def _resnet(arch, **kwargs):
+    if arch not in EMBEDDING_SIZE:
+        raise ValueError(f'unknown --arch {arch!r}; choose one of {sorted(EMBEDDING_SIZE)}')
+    return getattr(torchvision.models, arch)(**kwargs)
+
+
+def small_backbone(arch='resnet18', dataset='cifar10'):
+    """torchvision ResNet children in order, 3x3 stride-1 conv1, no fc (and no max-pool at 32px)."""
+    if dataset not in SMALL_DATASETS:
+        raise ValueError(f'no small-data backbone for dataset {dataset!r}; choose one of {sorted(SMALL_DATASETS)}')
+    layers = []
+    for name, module in _resnet(arch).named_children():
+        if name == 'conv1':
+            module = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        if isinstance(module, nn.Linear) or (isinstance(module, nn.MaxPool2d) and dataset in NO_MAXPOOL):
+            continue
+        layers.append(module)
+    return nn.Sequential(*layers)
+
+
+def mlp(sizes, last_bias=False):
+    """Linear-BN-ReLU blocks, then a final Linear: the projector/predictor shape used everywhere."""
+    layers = []
+    for i in range(len(sizes) - 2):
+        layers += [nn.Linear(sizes[i], sizes[i + 1], bias=False), nn.BatchNorm1d(sizes[i + 1]), nn.ReLU(inplace=True)]
+    layers.append(nn.Linear(sizes[-2], sizes[-1], bias=last_bias))
+    return nn.Sequential(*layers)
+
+
+class Model(nn.Module):
+    """The small-data model of the reference: `f` backbone, `g` projector.
+
+    `projector` (e.g. '2048-2048') replaces the reference head `E-512-feature_dim` for the
+    baselines that need another one; the default keeps the released layout.
+    """
+
+    def __init__(self, feature_dim=128, dataset='cifar10', arch='resnet50', projector=None):
+        super().__init__()
+        self.f = small_backbone(arch, dataset)
+        emb = EMBEDDING_SIZE[arch]
+        if projector:
+            self.g = mlp([emb] + [int(s) for s in projector.split('-')])
+        else:
+            self.g = nn.Sequential(nn.Linear(emb, 512, bias=False), nn.BatchNorm1d(512),
+                                   nn.ReLU(inplace=True), nn.Linear(512, feature_dim, bias=True))
+        self.normalize = True
+
+    def features(self, x):
+        return torch.flatten(self.f(x), start_dim=1)
+
+    def forward(self, x):
+        feature = self.features(x)
+        out = self.g(feature)
+        return F.normalize(feature, dim=-1), F.normalize(out, dim=-1)
+
+
+class ImageNetModel(nn.Module):
+    """Official Barlow Twins ImageNet model: ResNet-50 (zero-init residual) + MLP projector."""
+
+    def __init__(self, projector='8192-8192-8192', arch='resnet50'):
+        super().__init__()
+        self.backbone = _resnet(arch, zero_init_residual=True)
+        self.backbone.fc = nn.Identity()
+        self.projector = mlp([EMBEDDING_SIZE[arch]] + [int(s) for s in projector.split('-')])
+        self.normalize = False
+
+    def features(self, x):
+        return self.backbone(x)
+
+    def forward(self, x):
+        feature = self.backbone(x)
+        return feature, self.projector(feature)
+
+
+def build_model(args):
+    if args.dataset == 'imagenet':
+        return ImageNetModel(args.projector or '8192-8192-8192', args.arch)
+    return Model(args.feature_dim, args.dataset, args.arch, projector=getattr(args, 'projector', None))
+
+
+def backbone_of(model):
+    """The feature extractor of either model family (a module mapping images to (N, E) features)."""
+    return model.f if isinstance(model, Model) else model.backbone
+
+
+# ----------------------------------------------------------------------------------------
+# Per-view BatchNorm: one forward over concatenated views with the statistics that
+# separate forward passes would compute (running statistics included, updated in view order).
+# ----------------------------------------------------------------------------------------
+class _ViewSplitMixin:
+    views = 1
+
+    def forward(self, x):
+        if self.views == 1 or not self.training:
+            return super().forward(x)
+        return torch.cat([super(_ViewSplitMixin, self).forward(c) for c in x.chunk(self.views)])
+
+
+class ViewSplitBatchNorm1d(_ViewSplitMixin, nn.BatchNorm1d):
+    pass
+
+
+class ViewSplitBatchNorm2d(_ViewSplitMixin, nn.BatchNorm2d):
+    pass
+
+
+class ViewSplitSyncBatchNorm(_ViewSplitMixin, nn.SyncBatchNorm):
+    pass
+
+
+_SPLIT = {nn.BatchNorm1d: ViewSplitBatchNorm1d, nn.BatchNorm2d: ViewSplitBatchNorm2d,
+          nn.SyncBatchNorm: ViewSplitSyncBatchNorm}
+
+
+def set_bn_views(module, views):
+    """Make every BatchNorm in `module` normalise each of `views` equal chunks of its batch
+    separately. Only the class changes, so parameter and buffer names stay the same."""
+    for m in module.modules():
+        cls = type(m)
+        if cls in _SPLIT:
+            m.__class__ = _SPLIT[cls]
+        if isinstance(m, _ViewSplitMixin):
+            m.views = views
+    return module
+
+
+def plain_batchnorm(module):
+    """Undo `set_bn_views` (for export or for code that must not see the subclasses)."""
+    inverse = {v: k for k, v in _SPLIT.items()}
+    for m in module.modules():
+        if type(m) in inverse:
+            m.__class__ = inverse[type(m)]
+    return module
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoint loading with strict checking (REFERENCE.md section 2: never a silent partial load)
+# ----------------------------------------------------------------------------------------
+class CheckpointError(RuntimeError):
+    pass
+
+
+def read_checkpoint(path):
+    """torch.load with a clear message for a missing, truncated or foreign file."""
+    try:
+        return torch.load(path, map_location='cpu', weights_only=False)
+    except FileNotFoundError:
+        raise CheckpointError(f'checkpoint not found: {path}') from None
+    except Exception as e:  # truncated zip, pickle garbage, text file...
+        raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})') from None
+
+
+def _unwrap(obj):
+    """The state dict inside the formats we know: raw, {'model': ...}, {'state_dict': ...}, DDP prefixes."""
+    if isinstance(obj, dict) and 'model' in obj and isinstance(obj['model'], dict):
+        obj = obj['model']
+    elif isinstance(obj, dict) and 'state_dict' in obj and isinstance(obj['state_dict'], dict):
+        obj = obj['state_dict']
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError('the file does not hold a state dict (a mapping of names to tensors)')
+    return {re.sub(r'^(module\.)+', '', k): v for k, v in obj.items()}
+
+
+def compare_state(expected, given):
+    """Missing keys, unexpected keys and shape mismatches between two state dicts."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = sorted(f'{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}'
+                    for k in set(expected) & set(given) if given[k].shape != expected[k].shape)
+    return missing, unexpected, shapes
+
+
+def _format_problems(missing, unexpected, shapes, limit=12):
+    def clip(items):
+        return ', '.join(items[:limit]) + (f' ... ({len(items)} in all)' if len(items) > limit else '')
+    parts = []
+    if missing:
+        parts.append(f'missing keys: {clip(missing)}')
+    if unexpected:
+        parts.append(f'unexpected keys: {clip(unexpected)}')
+    if shapes:
+        parts.append(f'shape mismatches: {clip(shapes)}')
+    return '; '.join(parts)
+
+
+def load_strict(module, state, what='checkpoint'):
+    """load_state_dict(strict=True) whose error names every missing/unexpected key and shape."""
+    missing, unexpected, shapes = compare_state(module.state_dict(), state)
+    if missing or unexpected or shapes:
+        raise CheckpointError(f'{what} does not match the model: ' + _format_problems(missing, unexpected, shapes))
+    module.load_state_dict(state, strict=True)
+    return module
+
+
+def infer_small_variant(state):
+    """(arch, dataset-family) of a small-data `f.*` state dict from its keys and shapes.
+
+    Returns arch in {'resnet18', 'resnet50'} and stem in {'no_maxpool', 'maxpool'}."""
+    conv1 = state.get('f.0.weight')
+    if conv1 is None or conv1.shape != (64, 3, 3, 3):
+        raise CheckpointError('no 3x3 small-data stem at f.0.weight: not a small-data `Model` checkpoint')
+    # layer1 is f.3 without max-pool, f.4 with it (f.3 is then the parameter-less max-pool).
+    stem = 'no_maxpool' if any(k.startswith('f.3.0.') for k in state) else 'maxpool'
+    layer1 = 'f.3' if stem == 'no_maxpool' else 'f.4'
+    arch = 'resnet50' if f'{layer1}.0.conv3.weight' in state else 'resnet18'
+    return arch, stem
+
+
+def load_backbone(path, dataset, arch=None):
+    """The frozen-evaluation backbone of a checkpoint, loaded strictly, whatever its format.
+
+    Accepted: a small-data `Model` state dict (released `*_model.pth`, or our run state
+    with a 'model' entry) for the small data sets; a torchvision ResNet-50 state dict
+    (released ImageNet backbone, official Barlow Twins `resnet50.pth`), with or without
+    `fc.*`, or a full ImageNet training checkpoint with `module.backbone.*` keys, for
+    ImageNet-style backbones. Returns (backbone module, embedding size, arch).
+    """
+    state = _unwrap(read_checkpoint(path))
+    if any(k.startswith('f.') for k in state):
+        if dataset not in SMALL_DATASETS:
+            raise CheckpointError(f'{path} holds a small-data backbone (keys f.*); it cannot be used for {dataset!r}')
+        found_arch, stem = infer_small_variant(state)
+        want_stem = 'no_maxpool' if dataset in NO_MAXPOOL else 'maxpool'
+        if arch is not None and arch != found_arch:
+            raise CheckpointError(f'{path} holds a {found_arch} backbone but --arch {arch} was given')
+        if stem != want_stem:
+            fits = sorted(NO_MAXPOOL if stem == 'no_maxpool' else WITH_MAXPOOL)
+            raise CheckpointError(f'{path} holds a backbone for {"/".join(fits)} ({stem.replace("_", " ")}), '
+                                  f'not for --dataset {dataset}')
+        backbone = small_backbone(found_arch, dataset)
+        f_state = {k[2:]: v for k, v in state.items() if k.startswith('f.')}
+        load_strict(backbone, f_state, f'{path} (backbone f.*)')
+        return backbone, EMBEDDING_SIZE[found_arch], found_arch
+    if any(k.startswith('backbone.') for k in state):
+        state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+    if 'conv1.weight' in state and state['conv1.weight'].shape[-1] == 7:
+        found_arch = 'resnet50' if 'layer1.0.conv3.weight' in state else 'resnet18'
+        if arch is not None and arch != found_arch:
+            raise CheckpointError(f'{path} holds a {found_arch} backbone but --arch {arch} was given')
+        backbone = _resnet(found_arch)
+        backbone.fc = nn.Identity()
+        state = {k: v for k, v in state.items() if not k.startswith('fc.')}
+        load_strict(backbone, state, f'{path} (torchvision ResNet)')
+        return backbone, EMBEDDING_SIZE[found_arch], found_arch
+    expected = small_backbone(arch or 'resnet18', dataset if dataset in SMALL_DATASETS else 'cifar10').state_dict()
+    missing, unexpected, shapes = compare_state({f'f.{k}': v for k, v in expected.items()}, state)
+    raise CheckpointError(f'{path} is neither a small-data Model (f.*/g.*) nor a torchvision ResNet state dict: '
+                          + _format_problems(missing, unexpected, shapes))

@@ -1,0 +1,129 @@
+"""Model layouts equal REFERENCE.md section 2, so `*_model.pth` files move both ways between
+this code and the released checkpoints; checkpoint loading is strict with clear errors."""
+import pytest
+import torch
+import torchvision
+
+import model as M
+
+
+def expected_small_layout(arch, maxpool, feature_dim):
+    """REFERENCE.md 2, restated: torchvision children in order, conv1 -> 3x3, fc dropped,
+    max-pool dropped at 32px (so f.0 conv1, f.1 bn1, f.2 relu, then layer1.. shifted by one
+    with max-pool), then the projector g = Linear(E,512,no bias), BN(512), ReLU, Linear(512,d)."""
+    tv = getattr(torchvision.models, arch)().state_dict()
+    names = ['conv1', 'bn1', 'relu'] + (['maxpool'] if maxpool else []) + ['layer1', 'layer2', 'layer3', 'layer4']
+    index = {n: i for i, n in enumerate(names)}
+    layout = {}
+    for key, value in tv.items():
+        top, rest = key.split('.', 1)
+        if top == 'fc':
+            continue
+        shape = (64, 3, 3, 3) if key == 'conv1.weight' else tuple(value.shape)
+        layout[f'f.{index[top]}.{rest}'] = shape
+    emb = 512 if arch == 'resnet18' else 2048
+    layout.update({'g.0.weight': (512, emb), 'g.1.weight': (512,), 'g.1.bias': (512,), 'g.1.running_mean': (512,),
+                   'g.1.running_var': (512,), 'g.1.num_batches_tracked': (), 'g.3.weight': (feature_dim, 512),
+                   'g.3.bias': (feature_dim,)})
+    return layout
+
+
+@pytest.mark.parametrize('arch', ['resnet18', 'resnet50'])
+@pytest.mark.parametrize('dataset,maxpool', [('cifar10', False), ('cifar100', False), ('fashionmnist', False),
+                                             ('stl10', True), ('tiny_imagenet', True)])
+def test_state_dict_layout_matches_reference(arch, dataset, maxpool):
+    m = M.Model(feature_dim=1024, dataset=dataset, arch=arch)
+    got = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    assert got == expected_small_layout(arch, maxpool, 1024)
+
+
+def test_forward_returns_normalised_feature_and_projection():
+    m = M.Model(feature_dim=64, dataset='cifar10', arch='resnet18').eval()
+    feature, out = m(torch.randn(3, 3, 32, 32))
+    assert feature.shape == (3, 512) and out.shape == (3, 64)
+    torch.testing.assert_close(feature.norm(dim=1), torch.ones(3))
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(3))
+
+
+def test_imagenet_model_matches_official_layout():
+    m = M.ImageNetModel('64-64-32')
+    keys = m.state_dict().keys()
+    tv = torchvision.models.resnet50().state_dict()
+    assert {k[len('backbone.'):] for k in keys if k.startswith('backbone.')} == {k for k in tv if not k.startswith('fc.')}
+    assert [k for k in keys if k.startswith('projector.')] == [
+        'projector.0.weight', 'projector.1.weight', 'projector.1.bias', 'projector.1.running_mean',
+        'projector.1.running_var', 'projector.1.num_batches_tracked', 'projector.3.weight', 'projector.4.weight',
+        'projector.4.bias', 'projector.4.running_mean', 'projector.4.running_var', 'projector.4.num_batches_tracked',
+        'projector.6.weight']
+    # zero-init residual: the last BN of every bottleneck starts at 0
+    assert m.backbone.layer1[0].bn3.weight.abs().sum() == 0
+
+
+def test_view_split_batchnorm_keeps_keys_and_equals_separate_passes():
+    torch.manual_seed(0)
+    ref = M.Model(feature_dim=16, dataset='cifar10', arch='resnet18').double()
+    fused = M.Model(feature_dim=16, dataset='cifar10', arch='resnet18').double()
+    fused.load_state_dict(ref.state_dict())
+    M.set_bn_views(fused, 3)
+    assert list(fused.state_dict()) == list(ref.state_dict())
+    views = [torch.randn(4, 3, 32, 32, dtype=torch.float64) for _ in range(3)]
+    outs_ref = [ref(v)[1] for v in views]
+    outs_fused = fused(torch.cat(views))[1].chunk(3)
+    loss_ref = sum((o * w).sum() for o, w in zip(outs_ref, [1.0, -2.0, 3.0]))
+    loss_fused = sum((o * w).sum() for o, w in zip(outs_fused, [1.0, -2.0, 3.0]))
+    torch.testing.assert_close(loss_fused, loss_ref, rtol=1e-10, atol=1e-10)
+    loss_ref.backward()
+    loss_fused.backward()
+    for (name, p_ref), p_fused in zip(ref.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(p_fused.grad, p_ref.grad, rtol=1e-9, atol=1e-10, msg=name)
+    for (name, b_ref), b_fused in zip(ref.named_buffers(), fused.buffers()):
+        torch.testing.assert_close(b_fused, b_ref, rtol=1e-10, atol=1e-12, msg=name)  # running stats, in view order
+
+
+def save(obj, tmp_path, name='ckpt.pth'):
+    path = tmp_path / name
+    torch.save(obj, path)
+    return str(path)
+
+
+@pytest.mark.parametrize('dataset,arch', [('cifar10', 'resnet18'), ('stl10', 'resnet18'), ('cifar100', 'resnet50')])
+def test_load_backbone_reads_released_layout_and_infers_variant(tmp_path, dataset, arch):
+    m = M.Model(feature_dim=32, dataset=dataset, arch=arch)
+    path = save(m.state_dict(), tmp_path)
+    backbone, emb, found = M.load_backbone(path, dataset)
+    assert found == arch and emb == M.EMBEDDING_SIZE[arch]
+    for (k, v), (k2, v2) in zip(m.f.state_dict().items(), backbone.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+
+
+def test_load_backbone_accepts_training_state_and_torchvision_formats(tmp_path):
+    m = M.Model(feature_dim=32, dataset='cifar10', arch='resnet18')
+    backbone, _, _ = M.load_backbone(save({'epoch': 3, 'model': m.state_dict()}, tmp_path), 'cifar10')
+    assert torch.equal(backbone.state_dict()['0.weight'], m.f[0].weight)
+    tv = torchvision.models.resnet50()
+    plain = {k: v for k, v in tv.state_dict().items() if not k.startswith('fc.')}
+    for obj in (plain, tv.state_dict(), {'model': {f'module.backbone.{k}': v for k, v in plain.items()}}):
+        backbone, emb, arch = M.load_backbone(save(obj, tmp_path), 'imagenet')
+        assert arch == 'resnet50' and emb == 2048
+        assert torch.equal(backbone.state_dict()['layer4.2.bn3.running_var'], plain['layer4.2.bn3.running_var'])
+
+
+def test_load_backbone_errors_name_the_problem(tmp_path):
+    cifar18 = M.Model(feature_dim=8, dataset='cifar10', arch='resnet18').state_dict()
+    with pytest.raises(M.CheckpointError, match='resnet18 backbone but --arch resnet50'):
+        M.load_backbone(save(cifar18, tmp_path), 'cifar10', 'resnet50')
+    with pytest.raises(M.CheckpointError, match='not for --dataset stl10'):
+        M.load_backbone(save(cifar18, tmp_path), 'stl10')
+    broken = dict(cifar18)
+    del broken['f.4.1.bn2.weight']
+    broken['f.9.extra'] = torch.zeros(1)
+    with pytest.raises(M.CheckpointError, match=r'missing keys: 4\.1\.bn2\.weight.*unexpected keys: 9\.extra'):
+        M.load_backbone(save(broken, tmp_path), 'cifar10')
+    with pytest.raises(M.CheckpointError, match='neither a small-data Model'):
+        M.load_backbone(save({'encoder.weight': torch.zeros(2)}, tmp_path), 'cifar10')
+    junk = tmp_path / 'junk.pth'
+    junk.write_bytes(b'not a checkpoint at all')
+    with pytest.raises(M.CheckpointError, match='not a readable PyTorch checkpoint'):
+        M.load_backbone(str(junk), 'cifar10')
+    with pytest.raises(M.CheckpointError, match='not found'):
+        M.load_backbone(str(tmp_path / 'absent.pth'), 'cifar10')

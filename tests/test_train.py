@@ -1,0 +1,141 @@
+"""main.py end to end on CPU: run folder, statistics, plot, checkpoints, resume, bad input."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import data
+import fakedata
+import main
+import model as M
+
+FAST = ['--arch', 'resnet18', '--feature_dim', '32', '--batch_size', '8', '--workers', '0', '--lr', '0.01',
+        '--lr_shed', 'cosine', '--lmbda', '0.0078125', '--is_mixup', 'true', '--mixup_loss_scale', '4.0',
+        '--knn_every', '1', '--k', '5']
+
+
+@pytest.fixture
+def fashion_root(tmp_path):
+    """Real Fashion-MNIST from the Debian package when installed (CI installs it), else tiny idx files."""
+    if os.path.isfile(os.path.join(data.FASHION_MNIST_SYSTEM_DIR, 'train-images-idx3-ubyte.gz')):
+        return str(tmp_path / 'no-local-copy')
+    fakedata.write_mnist_like(str(tmp_path / 'data' / 'FashionMNIST' / 'raw'))
+    return str(tmp_path / 'data')
+
+
+def run_dir_of(results):
+    (name,) = [d for d in os.listdir(results) if d != 'wandb']
+    return os.path.join(results, name)
+
+
+def test_main_end_to_end_on_fashion_mnist_writes_run_folder(tmp_path, fashion_root, repo_root):
+    results = str(tmp_path / 'results')
+    cmd = [sys.executable, 'main.py', '--dataset', 'fashionmnist', '--data_root', fashion_root, '--subset', '32',
+           '--epochs', '2', '--results_dir', results, '--save_every', '1', '--seed', '3', *FAST]
+    proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, env={**os.environ, 'WANDB_MODE': 'disabled'})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert '# Model Params: 11.' in proc.stdout and 'FLOPs' in proc.stdout
+    run = run_dir_of(results)
+    run_id = os.path.basename(run)
+    prefix = f'{run_id}_0.0078125_32_8_fashionmnist'
+    files = set(os.listdir(run))
+    assert {'args.json', 'last.pth', f'{prefix}_model.pth', f'{prefix}_model_1.pth', f'{prefix}_model_2.pth',
+            f'{prefix}_statistics.csv', f'{prefix}_curves.png'} <= files
+    assert json.load(open(os.path.join(run, 'args.json')))['mixup_loss_scale'] == 4.0
+    rows = list(csv.DictReader(open(os.path.join(run, f'{prefix}_statistics.csv'))))
+    assert [r['epoch'] for r in rows] == ['1', '2']
+    for r in rows:
+        assert float(r['loss']) == pytest.approx(float(r['loss_bt']) + float(r['loss_mix']), rel=1e-5)
+        assert float(r['loss_mix']) > 0
+        assert 0 <= float(r['knn_top1']) <= float(r['knn_top5']) <= 100
+    with open(os.path.join(run, f'{prefix}_curves.png'), 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+    # The best-kNN file is a raw state dict in the released layout: the reference Model loads it strictly.
+    state = torch.load(os.path.join(run, f'{prefix}_model.pth'), map_location='cpu')
+    M.Model(32, 'fashionmnist', 'resnet18').load_state_dict(state, strict=True)
+    assert not any('total_ops' in k or 'total_params' in k for k in state)
+
+
+def fingerprint(state):
+    return {k: v.clone() for k, v in state.items()}
+
+
+def test_resume_after_kill_gives_identical_weights(tmp_path, fashion_root, monkeypatch):
+    common = ['--dataset', 'fashionmnist', '--data_root', fashion_root, '--subset', '24', '--epochs', '2',
+              '--knn_every', '0', '--save_every', '0', '--seed', '5', *FAST[:-4]]
+    straight = main.main(common + ['--results_dir', str(tmp_path / 'a')])
+    expected = torch.load(os.path.join(straight, 'last.pth'), weights_only=False)
+
+    real_epoch = main.train_one_epoch
+
+    def killed_in_second_epoch(args, epoch, *rest):
+        if epoch == 1:
+            raise KeyboardInterrupt('simulated kill during epoch 2')
+        return real_epoch(args, epoch, *rest)
+    monkeypatch.setattr(main, 'train_one_epoch', killed_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        main.main(common + ['--results_dir', str(tmp_path / 'b')])
+    interrupted = run_dir_of(str(tmp_path / 'b'))
+    assert torch.load(os.path.join(interrupted, 'last.pth'), weights_only=False)['epoch'] == 1
+    monkeypatch.setattr(main, 'train_one_epoch', real_epoch)
+    resumed = main.main(common + ['--results_dir', str(tmp_path / 'b'), '--resume', interrupted])
+    assert resumed == interrupted
+    got = torch.load(os.path.join(resumed, 'last.pth'), weights_only=False)
+    assert got['epoch'] == 2 and [r['epoch'] for r in got['history']] == [1, 2]
+    for k, v in expected['model'].items():
+        assert torch.equal(v, got['model'][k]), k
+    assert expected['method'] == got['method']  # the mixup alpha generator continues identically
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, fashion_root, monkeypatch):
+    import losses
+    args = ['--dataset', 'fashionmnist', '--data_root', fashion_root, '--subset', '16', '--epochs', '3',
+            '--results_dir', str(tmp_path), *FAST]
+    real = losses.barlow_twins_loss
+    calls = {'n': 0}
+
+    def poisoned(*a, **k):
+        calls['n'] += 1
+        value = real(*a, **k)
+        return value * float('nan') if calls['n'] > 2 else value  # 2 steps per epoch: NaN in epoch 2
+    monkeypatch.setattr(losses, 'barlow_twins_loss', poisoned)
+    with pytest.raises(main.NonFiniteLoss, match='epoch 2'):
+        main.main(args)
+    run = run_dir_of(str(tmp_path))
+    state = torch.load(os.path.join(run, 'last.pth'), weights_only=False)
+    assert state['epoch'] == 1 and all(torch.isfinite(v).all() for v in state['model'].values() if v.is_floating_point())
+    (best,) = [f for f in os.listdir(run) if f.endswith('_model.pth')]
+    M.Model(32, 'fashionmnist', 'resnet18').load_state_dict(torch.load(os.path.join(run, best)), strict=True)
+
+
+def run_cli(args, repo_root):
+    return subprocess.run([sys.executable, 'main.py', *args], cwd=repo_root, capture_output=True, text=True,
+                          env={**os.environ, 'WANDB_MODE': 'disabled'})
+
+
+def test_missing_data_root_is_a_clear_error(tmp_path, repo_root):
+    proc = run_cli(['--dataset', 'cifar10', '--data_root', str(tmp_path / 'nowhere'), '--epochs', '1'], repo_root)
+    assert proc.returncode == 1
+    assert 'cifar-10-batches-py' in proc.stderr and str(tmp_path / 'nowhere') in proc.stderr
+    assert 'Traceback' not in proc.stderr
+
+
+def test_unknown_data_set_is_rejected(repo_root):
+    proc = run_cli(['--dataset', 'mnist10'], repo_root)
+    assert proc.returncode == 2 and "invalid choice: 'mnist10'" in proc.stderr
+
+
+def test_corrupt_resume_checkpoint_is_a_clear_error(tmp_path, repo_root):
+    bad = tmp_path / 'last.pth'
+    bad.write_bytes(b'\x00' * 100)
+    proc = run_cli(['--dataset', 'fashionmnist', '--resume', str(tmp_path)], repo_root)
+    assert proc.returncode == 1 and 'not a readable PyTorch checkpoint' in proc.stderr and str(bad) in proc.stderr
+    proc = run_cli(['--dataset', 'fashionmnist', '--resume', str(tmp_path / 'absent')], repo_root)
+    assert proc.returncode == 1 and 'no training state' in proc.stderr
+    torch.save({'f.0.weight': torch.zeros(1)}, bad)
+    proc = run_cli(['--dataset', 'fashionmnist', '--resume', str(bad)], repo_root)
+    assert proc.returncode == 1 and 'not a training state written by main.py' in proc.stderr

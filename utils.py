@@ -1,0 +1,123 @@
+"""Checkpoint I/O, learning-rate schedules, LARS, seeding and RNG state."""
+import math
+import os
+import random
+import tempfile
+
+import numpy as np
+import torch
+
+
+# ---------------------------------------------------------------- checkpoints
+def atomic_save(obj, path):
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`:
+    a kill at any moment leaves either the old file or the new one, never a torn file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+# ---------------------------------------------------------------- learning-rate schedules
+def cosine_factor(step, total_steps, warmup_steps, final=0.001):
+    """Linear warm-up 0 -> 1 over `warmup_steps`, then cosine 1 -> `final` (reference, per step)."""
+    if step < warmup_steps:
+        return step / warmup_steps
+    step, total = step - warmup_steps, max(total_steps - warmup_steps, 1)
+    q = 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    return q + final * (1 - q)
+
+
+def step_factor(epoch, epochs, drops=(50, 25), gamma=0.2, step=0, warmup_steps=0):
+    """x gamma at each epoch E - d (MultiStepLR semantics: milestones <= 0 never fire), with an
+    optional linear warm-up over the first `warmup_steps` steps (the W-MSE repository's)."""
+    factor = gamma ** sum(1 for d in drops if 0 < epochs - d <= epoch)
+    if step < warmup_steps:
+        factor *= step / warmup_steps
+    return factor
+
+
+def set_lr(optimizer, factor):
+    for group in optimizer.param_groups:
+        group['lr'] = group['base_lr'] * factor
+
+
+# ---------------------------------------------------------------- LARS
+def exclude_bias_and_norm(p):
+    return p.ndim == 1
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS as in the official Barlow Twins. With the filters on, biases and BatchNorm
+    parameters (1-D tensors) get neither weight decay nor the layer-wise adaptation."""
+
+    def __init__(self, params, lr, weight_decay=0, momentum=0.9, eta=0.001,
+                 weight_decay_filter=True, lars_adaptation_filter=True):
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta,
+                        weight_decay_filter=weight_decay_filter, lars_adaptation_filter=lars_adaptation_filter)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for g in self.param_groups:
+            for p in g['params']:
+                if p.grad is None:
+                    continue
+                dp = p.grad
+                if not g['weight_decay_filter'] or not exclude_bias_and_norm(p):
+                    dp = dp.add(p, alpha=g['weight_decay'])
+                if not g['lars_adaptation_filter'] or not exclude_bias_and_norm(p):
+                    param_norm, update_norm = torch.norm(p), torch.norm(dp)
+                    one = torch.ones_like(param_norm)
+                    q = torch.where(param_norm > 0.,
+                                    torch.where(update_norm > 0, (g['eta'] * param_norm / update_norm), one), one)
+                    dp = dp.mul(q)
+                state = self.state[p]
+                if 'mu' not in state:
+                    state['mu'] = torch.zeros_like(p)
+                mu = state['mu']
+                mu.mul_(g['momentum']).add_(dp)
+                p.add_(mu, alpha=-g['lr'])
+        return loss
+
+
+# ---------------------------------------------------------------- seeding and RNG state
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state():
+    state = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def str2bool(v):
+    if isinstance(v, bool):
+        return v
+    if v.lower() in ('true', '1', 'yes'):
+        return True
+    if v.lower() in ('false', '0', 'no'):
+        return False
+    raise ValueError(f'expected true or false, got {v!r}')
