@@ -1,0 +1,185 @@
+"""linear.py / transfer.py on checkpoints in the released layout, hubconf, detectron2 export."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchvision
+
+import fakedata
+import linear
+import model as M
+
+
+def released_checkpoint(tmp_path, dataset='cifar10', arch='resnet18', feature_dim=64, seed=0):
+    """A file exactly like the paper's release: the raw Model.state_dict() saved with torch.save,
+    with BatchNorm statistics that are not the defaults (so that a lost load would show)."""
+    torch.manual_seed(seed)
+    m = M.Model(feature_dim, dataset, arch)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.1, 0.1)
+                mod.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / f'abcd1234_0.0078125_{feature_dim}_256_{dataset}_model.pth'
+    torch.save(m.state_dict(), path)
+    return str(path), m
+
+
+def capture_backbones(monkeypatch, module):
+    """Wrap module.load_backbone to keep each loaded backbone and a copy of its state at load time."""
+    seen = []
+    real = M.load_backbone
+
+    def wrapped(*a, **k):
+        out = real(*a, **k)
+        seen.append((out[0], {n: t.clone() for n, t in out[0].state_dict().items()}))
+        return out
+    monkeypatch.setattr(module, 'load_backbone', wrapped)
+    return seen
+
+
+@pytest.mark.parametrize('no_aug', [False, True])
+def test_linear_evaluates_released_checkpoint_with_every_weight_and_frozen_backbone(tmp_path, monkeypatch, no_aug):
+    fakedata.write_cifar(str(tmp_path / 'data'), 'cifar10', n_train=40, n_test=20)
+    path, reference = released_checkpoint(tmp_path)
+    seen = capture_backbones(monkeypatch, linear)
+    args = ['--dataset', 'cifar10', '--model_path', path, '--data_root', str(tmp_path / 'data'), '--epochs', '2',
+            '--batch_size', '16', '--workers', '0', '--results_dir', str(tmp_path / 'res')] + (['--no_aug'] if no_aug else [])
+    result = linear.main(args)
+    (backbone, at_load), = seen
+    for name, value in reference.f.state_dict().items():  # every backbone tensor came from the file
+        assert torch.equal(at_load[name], value), name
+    for name, value in backbone.state_dict().items():  # and nothing changed while probing (BN stats included)
+        assert torch.equal(value, at_load[name]), name
+    assert 0 <= result['final_acc@1'] <= result['final_acc@5'] <= 100
+    run = result['run_dir']
+    assert json.load(open(os.path.join(run, 'results.json')))['best_epoch'] in (1, 2)
+    stem = os.path.basename(path)[:-4]
+    assert {f'{stem}_linear_statistics.csv', f'{stem}_linear_curves.png', 'checkpoint.pth'} <= set(os.listdir(run))
+
+
+def test_linear_resume_after_kill_continues_identically(tmp_path, monkeypatch):
+    import probe
+    fakedata.write_cifar(str(tmp_path / 'data'), 'cifar10', n_train=20, n_test=10)
+    path, _ = released_checkpoint(tmp_path)
+    common = ['--dataset', 'cifar10', '--model_path', path, '--data_root', str(tmp_path / 'data'), '--batch_size', '8',
+              '--workers', '0', '--no_aug', '--epochs', '3']
+    straight = linear.main(common + ['--results_dir', str(tmp_path / 'a')])
+    real, calls = probe.run_epoch, []
+
+    def killed_in_second_epoch(*a, **k):  # calls: train 1, test 1, train 2 <- killed
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(probe, 'run_epoch', killed_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        linear.main(common + ['--results_dir', str(tmp_path / 'b')])
+    monkeypatch.setattr(probe, 'run_epoch', real)
+    (run_id,) = [d for d in os.listdir(tmp_path / 'b') if d != 'wandb']
+    resumed = linear.main(common + ['--results_dir', str(tmp_path / 'b'), '--resume', str(tmp_path / 'b' / run_id)])
+    a = torch.load(os.path.join(straight['run_dir'], 'checkpoint.pth'), weights_only=False)
+    b = torch.load(os.path.join(resumed['run_dir'], 'checkpoint.pth'), weights_only=False)
+    assert b['epoch'] == 3 and [r['epoch'] for r in b['history']] == [1, 2, 3]
+    for k in a['fc']:
+        assert torch.equal(a['fc'][k], b['fc'][k]), k
+
+
+def run(script, args, repo_root):
+    return subprocess.run([sys.executable, script, *args], cwd=repo_root, capture_output=True, text=True,
+                          env={**os.environ, 'WANDB_MODE': 'disabled'})
+
+
+def test_wrong_checkpoints_give_clear_errors(tmp_path, repo_root):
+    fakedata.write_cifar(str(tmp_path / 'data'), 'cifar10', n_train=10, n_test=5)
+    path, _ = released_checkpoint(tmp_path)
+    base = ['--data_root', str(tmp_path / 'data'), '--epochs', '1', '--workers', '0']
+    with pytest.raises(M.CheckpointError, match='resnet18 backbone but --arch resnet50'):
+        linear.main(['--dataset', 'cifar10', '--arch', 'resnet50', '--model_path', path, *base])
+    with pytest.raises(M.CheckpointError, match='not for --dataset stl10'):
+        linear.main(['--dataset', 'stl10', '--model_path', path, *base])
+    junk = tmp_path / 'random.pth'
+    junk.write_bytes(os.urandom(2048))
+    with pytest.raises(M.CheckpointError, match='not a readable PyTorch checkpoint'):
+        linear.main(['--dataset', 'cifar10', '--model_path', str(junk), *base])
+    other = tmp_path / 'other.pth'
+    torch.save({'encoder.conv.weight': torch.zeros(3)}, other)
+    # the command line turns the error into one clear line and exit code 1
+    proc = run('linear.py', ['--dataset', 'cifar10', '--model_path', str(other), *base], repo_root)
+    assert proc.returncode == 1 and 'missing keys' in proc.stderr and 'unexpected keys: encoder.conv.weight' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+
+
+def test_hubconf_loads_local_weights_strictly(tmp_path, repo_root):
+    path, reference = released_checkpoint(tmp_path, dataset='stl10')
+    net = torch.hub.load(repo_root, 'resnet18', source='local', dataset='stl10', weights=path)
+    for name, value in reference.f.state_dict().items():
+        assert torch.equal(net.backbone.state_dict()[name], value)
+    net.eval()
+    assert net(torch.randn(2, 3, 64, 64)).shape == (2, 512)
+    tv = torchvision.models.resnet50()
+    tv_path = tmp_path / 'resnet50.pth'
+    torch.save({k: v for k, v in tv.state_dict().items() if not k.startswith('fc.')}, tv_path)
+    net = torch.hub.load(repo_root, 'resnet50', source='local', dataset='imagenet', weights=str(tv_path))
+    assert torch.equal(net.backbone.layer3[1].conv2.weight, tv.layer3[1].conv2.weight)
+    with pytest.raises(M.CheckpointError):
+        torch.hub.load(repo_root, 'resnet18', source='local', dataset='cifar10', weights=path)  # stl10 file
+    import hubconf
+    assert hubconf.released_url('resnet18', 'cifar10').endswith('4wdhbpcf_0.0078125_1024_256_cifar10_model.pth')
+    with pytest.raises(ValueError, match='no released'):
+        hubconf.released_url('resnet18', 'imagenet', 'bt')
+
+
+def test_detectron2_converter_key_mapping(tmp_path, repo_root):
+    import convert_to_detectron2 as conv
+    tv = torchvision.models.resnet50()
+    state = {k: v for k, v in tv.state_dict().items() if not k.startswith('fc.')}
+    src = tmp_path / 'resnet50.pth'
+    torch.save({'model': {f'module.backbone.{k}': v for k, v in state.items()}}, src)  # full training checkpoint
+    proc = run('convert_to_detectron2.py', [str(src), str(tmp_path / 'out.pkl')], repo_root)
+    assert proc.returncode == 0, proc.stderr
+    out = pickle.load(open(tmp_path / 'out.pkl', 'rb'))
+    assert out['matching_heuristics'] is True
+    model = out['model']
+    expected = {'conv1.weight': 'stem.conv1.weight', 'bn1.running_var': 'stem.conv1.norm.running_var',
+                'layer1.0.conv1.weight': 'res2.0.conv1.weight', 'layer2.3.bn3.bias': 'res3.3.conv3.norm.bias',
+                'layer3.0.downsample.0.weight': 'res4.0.shortcut.weight',
+                'layer4.0.downsample.1.running_mean': 'res5.0.shortcut.norm.running_mean'}
+    for src_key, dst_key in expected.items():
+        assert (model[dst_key] == state[src_key].numpy()).all()
+    assert len(model) == len([k for k in state if not k.endswith('num_batches_tracked')])
+    assert not any('layer' in k or '.bn' in k or 'downsample' in k for k in model)
+    torch.save({'conv1.weight': torch.zeros(64, 3, 7, 7)}, tmp_path / 'bad.pth')
+    proc = run('convert_to_detectron2.py', [str(tmp_path / 'bad.pth'), str(tmp_path / 'x.pkl')], repo_root)
+    assert proc.returncode == 1 and 'missing keys' in proc.stderr
+
+
+@pytest.mark.parametrize('transfer_dataset', ['dtd', 'aircraft'])
+def test_transfer_evaluates_released_checkpoint_with_every_weight(tmp_path, monkeypatch, transfer_dataset):
+    import transfer
+    writer = {'dtd': fakedata.write_dtd, 'aircraft': fakedata.write_aircraft}[transfer_dataset]
+    writer(str(tmp_path / 'data'))
+    path, reference = released_checkpoint(tmp_path, dataset='stl10')
+    seen = capture_backbones(monkeypatch, transfer)
+    result = transfer.main(['--dataset', 'stl10', '--transfer_dataset', transfer_dataset, '--model_path', path,
+                            '--data_root', str(tmp_path / 'data'), '--epochs', '2', '--batch_size', '4',
+                            '--workers', '0', '--results_dir', str(tmp_path / 'res')])
+    (backbone, at_load), = seen
+    for name, value in reference.f.state_dict().items():
+        assert torch.equal(at_load[name], value), name
+    for name, value in backbone.state_dict().items():
+        assert torch.equal(value, at_load[name]), name
+    assert 0 <= result['final_acc@1'] <= 100
+    stem = os.path.basename(path)[:-4]
+    assert f'{stem}_transfer_{transfer_dataset}_statistics.csv' in os.listdir(result['run_dir'])
+
+
+def test_transfer_missing_data_set_is_a_clear_error(tmp_path, repo_root):
+    path, _ = released_checkpoint(tmp_path)
+    proc = run('transfer.py', ['--dataset', 'cifar10', '--transfer_dataset', 'cu_birds', '--model_path', path,
+                               '--data_root', str(tmp_path / 'none'), '--workers', '0'], repo_root)
+    assert proc.returncode == 1 and 'CUB_200_2011' in proc.stderr and 'Traceback' not in proc.stderr

@@ -1,0 +1,88 @@
+"""Transfer evaluation of a small-data backbone on fine-grained data sets (REFERENCE.md section 5).
+
+    python transfer.py --dataset cifar10 --transfer_dataset dtd --arch resnet18 \
+        --model_path checkpoints/4wdhbpcf_0.0078125_1024_256_cifar10_model.pth
+
+Frozen backbone, images resized to the pretraining size (32 for CIFAR, 64 otherwise), the
+transfer set's normalisation, a linear classifier trained with SGD lr 0.01, momentum 0.9,
+x0.1 at epochs 60 and 80, 100 epochs, batch 128. The inputs are not augmented, so the
+features are extracted once and cached. Same probe loop as linear.py.
+"""
+import argparse
+import os
+import sys
+
+import torch
+from torchvision import transforms as T
+
+import data as datasets
+import distributed as D
+from linear import amp_for, frozen_probe
+from model import SMALL_DATASETS, CheckpointError, load_backbone
+from transfer_data import TRANSFER, load_transfer
+from utils import seed_everything
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description='Transfer evaluation', allow_abbrev=False)
+    a = p.add_argument
+    a('--dataset', default='cifar10', choices=sorted(SMALL_DATASETS), help='pretraining data set of the checkpoint')
+    a('--transfer_dataset', default='dtd', choices=sorted(TRANSFER), help='data set to evaluate on')
+    a('--arch', default=None, choices=['resnet18', 'resnet50'], help='default: inferred from the checkpoint')
+    a('--model_path', required=True)
+    a('--batch_size', default=128, type=int)
+    a('--epochs', default=100, type=int)
+    a('--lr', default=0.01, type=float)
+    a('--milestones', default=[60, 80], type=int, nargs='*', help='epochs where the lr is multiplied by 0.1')
+    a('--screen', default=None, help='accepted for compatibility with the original scripts; unused')
+    a('--wandb_group', default=None)
+    a('--data_root', default='data')
+    a('--results_dir', default=os.path.join('results', 'transfer'))
+    a('--seed', default=0, type=int)
+    a('--workers', default=min(8, os.cpu_count() or 1), type=int)
+    a('--gpu', default=0, type=int)
+    a('--download', action='store_true')
+    a('--subset', default=0, type=int, help='use only N images of each split')
+    a('--resume', default=None, help='probe run folder (or its checkpoint.pth) to continue')
+    a('--precision', default='auto', choices=['auto', 'fp32', 'bf16', 'fp16'])
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = get_args(argv)
+    device = D.init_distributed(args.gpu)
+    seed_everything(args.seed + D.rank())
+    amp = amp_for(args, device)
+    backbone, emb, arch = load_backbone(args.model_path, args.dataset, args.arch)
+    spec = TRANSFER[args.transfer_dataset]
+    size = datasets.SPECS[args.dataset].size
+    tf = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize(spec.mean, spec.std)])
+    train = load_transfer(args.transfer_dataset, args.data_root, True, tf, args.download)
+    test = load_transfer(args.transfer_dataset, args.data_root, False, tf, args.download)
+    if args.subset:
+        train = torch.utils.data.Subset(train, range(min(args.subset, len(train))))
+        test = torch.utils.data.Subset(test, range(min(args.subset, len(test))))
+    stem = os.path.splitext(os.path.basename(args.model_path))[0]
+    return frozen_probe(
+        args, backbone=backbone, emb=emb, num_classes=spec.num_classes, train_ds=train, train_is_augmented=False,
+        test_ds=test, device=device, amp=amp,
+        optimizer_fn=lambda params: torch.optim.SGD(params, lr=args.lr, momentum=0.9),
+        scheduler_fn=lambda opt: torch.optim.lr_scheduler.MultiStepLR(opt, args.milestones, gamma=0.1),
+        prefix=f'{stem}_transfer_{args.transfer_dataset}',
+        project=f'Barlow-Twins-MixUp-TransferLearn-[{args.dataset}-to-X]-{arch}',
+        wandb_group=args.wandb_group, wandb_name=args.transfer_dataset)
+
+
+def cli(argv=None):
+    """Command-line entry: clear one-line errors instead of tracebacks for bad input."""
+    try:
+        return main(argv)
+    except (CheckpointError, datasets.DatasetNotFound, FileNotFoundError, ValueError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(1)
+    finally:
+        D.cleanup()
+
+
+if __name__ == '__main__':
+    cli()
