@@ -36,8 +36,9 @@ class Solarization:
         return ImageOps.solarize(img) if torch.rand(()) < self.p else img
 
 
-def ssl_views(name):
-    """The list of per-view transforms (PIL image -> normalised tensor) for SSL training."""
+def ssl_views(name, image_size=224):
+    """The list of per-view transforms (PIL image -> normalised tensor) for SSL training
+    (`image_size`: ImageNet crop size)."""
     jitter = T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8)
     if name in ('cifar10', 'cifar100', 'fashionmnist'):
         view = T.Compose([T.RandomResizedCrop(32), T.RandomHorizontalFlip(0.5), jitter,
@@ -50,7 +51,7 @@ def ssl_views(name):
         return [view, view]
     if name == 'imagenet':
         def view(blur, solarize):
-            return T.Compose([T.RandomResizedCrop(224, interpolation=BICUBIC), T.RandomHorizontalFlip(0.5),
+            return T.Compose([T.RandomResizedCrop(image_size, interpolation=BICUBIC), T.RandomHorizontalFlip(0.5),
                               T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8), T.RandomGrayscale(0.2),
                               GaussianBlur(blur), Solarization(solarize), T.ToTensor(), normalize(name)])
         return [view(1.0, 0.0), view(0.1, 0.2)]
@@ -62,17 +63,17 @@ def train_view(name):
     return ssl_views(name)[0]
 
 
-def eval_geometry(name):
+def eval_geometry(name, image_size=224):
     """Deterministic resize/crop part of the evaluation transform (PIL in, PIL out)."""
     if name == 'stl10':
         return T.Compose([T.Resize(70, interpolation=BICUBIC), T.CenterCrop(64)])
     if name == 'imagenet':
-        return T.Compose([T.Resize(256), T.CenterCrop(224)])
+        return T.Compose([T.Resize(image_size * 256 // 224), T.CenterCrop(image_size)])
     return T.Lambda(lambda img: img)
 
 
-def eval_transform(name):
-    return T.Compose([eval_geometry(name), T.ToTensor(), normalize(name)])
+def eval_transform(name, image_size=224):
+    return T.Compose([eval_geometry(name, image_size), T.ToTensor(), normalize(name)])
 
 
 class MultiView:

@@ -11,7 +11,6 @@ import subprocess
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 
 
 def is_dist():
@@ -30,11 +29,37 @@ def is_main():
     return rank() == 0
 
 
+_GROUP = None
+
+
+def _group():
+    """The process group of the collectives inside forward/backward (losses, global BatchNorm):
+    separate from DDP's, so their order can never interleave with DDP's gradient buckets."""
+    global _GROUP
+    if _GROUP is None:
+        _GROUP = dist.new_group(backend=dist.get_backend())
+    return _GROUP
+
+
+class _AllReduceSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t):
+        t = t.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(t, group=_group())
+        return t
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, group=_group())
+        return grad
+
+
 def all_reduce_sum(t):
-    """Sum over ranks, differentiable (the gradient is summed over ranks as well)."""
+    """Sum over ranks, differentiable: the backward sums the incoming gradients over ranks too."""
     if world_size() == 1:
         return t
-    return dist_fn.all_reduce(t)
+    return _AllReduceSum.apply(t)
 
 
 class _AllGatherGrad(torch.autograd.Function):
@@ -44,14 +69,14 @@ class _AllGatherGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t):
         out = [torch.empty_like(t) for _ in range(world_size())]
-        dist.all_gather(out, t.contiguous())
+        dist.all_gather(out, t.contiguous(), group=_group())
         ctx.slice = (rank() * t.shape[0], (rank() + 1) * t.shape[0])
         return torch.cat(out)
 
     @staticmethod
     def backward(ctx, grad):
         grad = grad.contiguous().clone()
-        dist.all_reduce(grad)
+        dist.all_reduce(grad, group=_group())
         return grad[ctx.slice[0]:ctx.slice[1]]
 
 
@@ -108,6 +133,15 @@ def broadcast_object(obj, src=0):
     return box[0]
 
 
+def first_host(nodelist):
+    """First host name of a SLURM node list: 'gpu[07-09,12],cpu1' -> 'gpu07'."""
+    head = nodelist.split(',')[0] if '[' not in nodelist.split(',')[0] else nodelist[:nodelist.index(']') + 1]
+    if '[' not in head:
+        return head
+    prefix, ranges = head.split('[', 1)
+    return prefix + ranges.rstrip(']').split(',')[0].split('-')[0]
+
+
 def _slurm_to_torchrun_env():
     """Map `srun` variables onto torchrun's, so one code path serves both launchers."""
     if 'RANK' in os.environ or int(os.environ.get('SLURM_NTASKS', '1')) <= 1:
@@ -120,7 +154,7 @@ def _slurm_to_torchrun_env():
         try:
             host = subprocess.check_output(['scontrol', 'show', 'hostnames', nodes], text=True).split()[0]
         except (OSError, subprocess.CalledProcessError):
-            host = nodes.split(',')[0]
+            host = first_host(nodes)
         os.environ['MASTER_ADDR'] = host
     os.environ.setdefault('MASTER_PORT', str(29500 + int(os.environ.get('SLURM_JOB_ID', '0')) % 10000))
 
@@ -142,6 +176,7 @@ def init_distributed(gpu=0):
             backend = 'gloo'
         if not is_dist():
             dist.init_process_group(backend=backend, init_method='env://')
+        _group()  # every rank creates it at the same point
         return device
     if torch.cuda.is_available() and gpu >= 0:
         torch.cuda.set_device(gpu)
@@ -150,5 +185,7 @@ def init_distributed(gpu=0):
 
 
 def cleanup():
+    global _GROUP
     if is_dist():
         dist.destroy_process_group()
+    _GROUP = None

@@ -107,6 +107,57 @@ def backbone_of(model):
 
 
 # ----------------------------------------------------------------------------------------
+# Global-batch BatchNorm for any backend. nn.SyncBatchNorm only runs on CUDA; this computes
+# the same statistics over all ranks with the autograd-aware all-reduce (distributed.py), so
+# multi-process CPU (gloo) runs and their tests have global BatchNorm too.
+# ----------------------------------------------------------------------------------------
+class _GlobalStatsMixin:
+    def forward(self, x):
+        import distributed as D
+        if not (self.training and D.world_size() > 1):
+            return super().forward(x)
+        dims = [0] + list(range(2, x.dim()))
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        n = x.numel() // x.shape[1] * D.world_size()
+        mean = D.all_reduce_sum(x.sum(dims)) / n
+        centred = x - mean.view(shape)
+        var = D.all_reduce_sum(centred.pow(2).sum(dims)) / n
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / max(n - 1, 1), alpha=m)
+        return y
+
+
+class GlobalBatchNorm1d(_GlobalStatsMixin, nn.BatchNorm1d):
+    pass
+
+
+class GlobalBatchNorm2d(_GlobalStatsMixin, nn.BatchNorm2d):
+    pass
+
+
+def sync_batchnorm(module, device):
+    """BatchNorm statistics over the global batch: nn.SyncBatchNorm on CUDA, GlobalBatchNorm
+    (same math, any backend) elsewhere. Parameter and buffer names are unchanged."""
+    if device.type == 'cuda':
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    swap = {nn.BatchNorm1d: GlobalBatchNorm1d, nn.BatchNorm2d: GlobalBatchNorm2d}
+    for m in module.modules():
+        base = next((b for b in type(m).__mro__ if b in swap), None)
+        if base is not None and not isinstance(m, _GlobalStatsMixin):
+            views = getattr(m, 'views', 1)
+            m.__class__ = swap[base]
+            m.views = views
+    return module
+
+
+# ----------------------------------------------------------------------------------------
 # Per-view BatchNorm: one forward over concatenated views with the statistics that
 # separate forward passes would compute (running statistics included, updated in view order).
 # ----------------------------------------------------------------------------------------
@@ -131,8 +182,17 @@ class ViewSplitSyncBatchNorm(_ViewSplitMixin, nn.SyncBatchNorm):
     pass
 
 
+class ViewSplitGlobalBatchNorm1d(_ViewSplitMixin, GlobalBatchNorm1d):
+    pass
+
+
+class ViewSplitGlobalBatchNorm2d(_ViewSplitMixin, GlobalBatchNorm2d):
+    pass
+
+
 _SPLIT = {nn.BatchNorm1d: ViewSplitBatchNorm1d, nn.BatchNorm2d: ViewSplitBatchNorm2d,
-          nn.SyncBatchNorm: ViewSplitSyncBatchNorm}
+          nn.SyncBatchNorm: ViewSplitSyncBatchNorm, GlobalBatchNorm1d: ViewSplitGlobalBatchNorm1d,
+          GlobalBatchNorm2d: ViewSplitGlobalBatchNorm2d}
 
 
 def set_bn_views(module, views):
@@ -148,11 +208,13 @@ def set_bn_views(module, views):
 
 
 def plain_batchnorm(module):
-    """Undo `set_bn_views` (for export or for code that must not see the subclasses)."""
-    inverse = {v: k for k, v in _SPLIT.items()}
+    """Undo `set_bn_views` and `sync_batchnorm` on CPU: back to torch's own classes (for
+    profiling or export); nn.SyncBatchNorm modules stay what they are."""
     for m in module.modules():
-        if type(m) in inverse:
-            m.__class__ = inverse[type(m)]
+        for base in (nn.SyncBatchNorm, nn.BatchNorm1d, nn.BatchNorm2d):
+            if isinstance(m, base) and type(m) is not base:
+                m.__class__ = base
+                break
     return module
 
 
@@ -229,16 +291,17 @@ def infer_small_variant(state):
     return arch, stem
 
 
-def load_backbone(path, dataset, arch=None):
+def load_backbone(path, dataset, arch=None, state=None):
     """The frozen-evaluation backbone of a checkpoint, loaded strictly, whatever its format.
 
     Accepted: a small-data `Model` state dict (released `*_model.pth`, or our run state
     with a 'model' entry) for the small data sets; a torchvision ResNet-50 state dict
     (released ImageNet backbone, official Barlow Twins `resnet50.pth`), with or without
     `fc.*`, or a full ImageNet training checkpoint with `module.backbone.*` keys, for
-    ImageNet-style backbones. Returns (backbone module, embedding size, arch).
+    ImageNet-style backbones. `state` (already loaded) replaces reading `path`, which then
+    only names the source in messages. Returns (backbone module, embedding size, arch).
     """
-    state = _unwrap(read_checkpoint(path))
+    state = _unwrap(read_checkpoint(path) if state is None else state)
     if any(k.startswith('f.') for k in state):
         if dataset not in SMALL_DATASETS:
             raise CheckpointError(f'{path} holds a small-data backbone (keys f.*); it cannot be used for {dataset!r}')
@@ -257,6 +320,9 @@ def load_backbone(path, dataset, arch=None):
     if any(k.startswith('backbone.') for k in state):
         state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
     if 'conv1.weight' in state and state['conv1.weight'].shape[-1] == 7:
+        if dataset in SMALL_DATASETS:
+            raise CheckpointError(f'{path} holds an ImageNet ResNet (7x7 stem); evaluate it with --dataset imagenet, '
+                                  f'not {dataset!r}')
         found_arch = 'resnet50' if 'layer1.0.conv3.weight' in state else 'resnet18'
         if arch is not None and arch != found_arch:
             raise CheckpointError(f'{path} holds a {found_arch} backbone but --arch {arch} was given')

@@ -134,8 +134,9 @@ def test_corrupt_resume_checkpoint_is_a_clear_error(tmp_path, repo_root):
     bad.write_bytes(b'\x00' * 100)
     proc = run_cli(['--dataset', 'fashionmnist', '--resume', str(tmp_path)], repo_root)
     assert proc.returncode == 1 and 'not a readable PyTorch checkpoint' in proc.stderr and str(bad) in proc.stderr
-    proc = run_cli(['--dataset', 'fashionmnist', '--resume', str(tmp_path / 'absent')], repo_root)
-    assert proc.returncode == 1 and 'no training state' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+    with pytest.raises(M.CheckpointError, match='no training state'):
+        main.main(['--dataset', 'fashionmnist', '--resume', str(tmp_path / 'absent')])
     torch.save({'f.0.weight': torch.zeros(1)}, bad)
-    proc = run_cli(['--dataset', 'fashionmnist', '--resume', str(bad)], repo_root)
-    assert proc.returncode == 1 and 'not a training state written by main.py' in proc.stderr
+    with pytest.raises(M.CheckpointError, match='not a training state written by main.py'):
+        main.main(['--dataset', 'fashionmnist', '--resume', str(bad)])
