@@ -6,10 +6,13 @@ torch.distributed they are reduced with an autograd-aware all-reduce (see distri
 so loss and gradients equal one process on the whole batch. Every rank must call these
 functions with the same number of samples.
 """
+import itertools
+import math
+
 import torch
 import torch.nn.functional as F
 
-from distributed import all_gather_grad, all_reduce_sum, world_size
+from distributed import all_gather_grad, all_reduce_sum, rank, world_size
 
 
 def global_batch_size(z):
@@ -69,30 +72,151 @@ def mixup_cross_correlations(zm, za, zb, perm, alpha):
 # ----------------------------------------------------------------------------------------
 # Baselines (REFERENCE.md section 6)
 # ----------------------------------------------------------------------------------------
-def nt_xent(views, tau=0.5):
-    """SimCLR's NT-Xent over all views of the global batch (W-MSE repository's form).
-
-    views: list of V (N x D) L2-normalised embeddings. For each ordered pair of different
-    views (i, j): cross-entropy of sample n in view i against all 2N candidates (view j and
-    view i, self-similarity masked), the positive being sample n of view j. Averaged over
-    pairs and samples."""
-    views = [all_gather_grad(v) for v in views]
-    n = views[0].shape[0]
-    eye = torch.eye(n, dtype=torch.bool, device=views[0].device)
-    total, pairs = 0.0, 0
-    for i in range(len(views)):
-        for j in range(len(views)):
-            if i == j:
-                continue
-            cross = views[i] @ views[j].T / tau                                   # positives on the diagonal
-            intra = (views[i] @ views[i].T / tau).masked_fill(eye, float('-inf'))  # self masked
-            logits = torch.cat([cross, intra], dim=1)
-            target = torch.arange(n, device=logits.device)
-            total = total + F.cross_entropy(logits, target)
-            pairs += 1
-    return total / pairs
+# Tested in tests/test_baselines.py. Every baseline loss takes this rank's (N x D) tensors
+# and returns the loss of the GLOBAL batch, the same value on every rank. SimCLR: this
+# rank's rows against every rank's candidates (all_gather_grad), summed with all_reduce_sum.
+# BYOL: per-sample terms averaged with all_reduce_sum. W-MSE, INTL, CW-RGP: their whitening
+# statistics span the global batch (or its sub-batches), so the views are gathered
+# (all_gather_grad) and every rank computes the whole loss, as INTL's own FullGatherLayer
+# does. Gradients follow the convention above (each rank: W x its share).
+def _cosine(p, z):
+    """Row-wise cosine similarity, as the originals compute it: F.normalize, then the dot product."""
+    return (F.normalize(p, dim=-1) * F.normalize(z, dim=-1)).sum(-1)
 
 
 def normalized_mse(p, z):
-    """2 - 2 cos(p, z), averaged over samples (BYOL / W-MSE)."""
-    return (2 - 2 * F.cosine_similarity(p, z, dim=-1)).mean()
+    """2 - 2 cos(p, z), averaged over the rows given (the W-MSE repository's norm_mse_loss,
+    also INTL's and CW-RGP's). Local: the callers pass global (gathered) tensors."""
+    return (2 - 2 * _cosine(p, z)).mean()
+
+
+def nt_xent(views, tau=0.5):
+    """SimCLR's NT-Xent over V views (Chen et al. 2020), as the W-MSE repository's
+    `contrastive_loss` (htdt/self-supervised methods/contrastive.py), generalised to the
+    global batch: for each ordered pair of views (i, j), sample n of view i is classified
+    among the 2N' candidates [view j ; view i without itself] (N' = global batch), the
+    positive being sample n of view j; cosine similarities / tau. The mean over the N'
+    samples and the V(V-1) ordered pairs (the original: the mean of both directions of
+    each unordered pair, averaged over pairs: the same number)."""
+    views = [F.normalize(v, dim=-1) for v in views]
+    n, world = views[0].shape[0], world_size()
+    candidates = [all_gather_grad(v) for v in views]
+    target = torch.arange(n, device=views[0].device) + rank() * n   # this rank's rows in the global batch
+    self_mask = F.one_hot(target, n * world).bool()
+    total = 0
+    for i, j in itertools.permutations(range(len(views)), 2):
+        cross = views[i] @ candidates[j].T
+        intra = (views[i] @ candidates[i].T).masked_fill(self_mask, float('-inf'))
+        total = total + F.cross_entropy(torch.cat([cross, intra], dim=1) / tau, target, reduction='sum')
+    pairs = len(views) * (len(views) - 1)
+    return all_reduce_sum(total) / (pairs * n * world)
+
+
+def byol_loss(predictions, targets):
+    """BYOL (Grill et al. 2020) as the W-MSE repository computes it (methods/byol.py): for
+    every unordered pair of views i < j, nmse(p_i, t_j) + nmse(p_j, t_i), summed and divided
+    by the number of pairs (two views: the sum of both directions, range [0, 8]);
+    nmse = 2 - 2 cos averaged over the global batch. Targets are constants (stop-gradient)."""
+    total = 0
+    for i, j in itertools.combinations(range(len(predictions)), 2):
+        for p, t in ((predictions[i], targets[j]), (predictions[j], targets[i])):
+            total = total + (2 - 2 * _cosine(p, t.detach())).sum()
+    return all_reduce_sum(total) / (global_batch_size(predictions[0]) * math.comb(len(predictions), 2))
+
+
+def cholesky_whiten(x, eps=0.0):
+    """W-MSE whitening of one batch (Ermolov et al. 2021; htdt/self-supervised
+    methods/whitening.py `Whitening2d`): X_c = X - mean, S = X_cᵀX_c/(n-1) (D x D),
+    S' = (1-eps)·S + eps·I = LLᵀ (Cholesky), output X_c L⁻ᵀ, whose covariance is I."""
+    xc = x - x.mean(0)
+    cov = xc.T @ xc / (x.shape[0] - 1)
+    eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    chol = torch.linalg.cholesky((1 - eps) * cov + eps * eye)
+    return torch.linalg.solve_triangular(chol, xc.T, upper=False).T
+
+
+def group_channel_whiten(x, shuffle, group, eps=0.0):
+    """CW-RGP's channel whitening of one batch (Weng et al. 2022, "An Investigation into
+    Whitening Loss for Self-supervised Learning"; winci-ai/CW-RGP base/methods/whitening.py
+    `Whitening2dZCA`, axis=0, minus=1). Centre each sample over its D channels; reorder the
+    channels by `shuffle` (the random group partition) and split them into `group` groups
+    of d = D/group; in group g, S_g = X_g X_gᵀ/(d-1) is N x N (over the batch), and the
+    output is W_g X_g with W_g = S_g'^(-1/2) (ZCA, S_g' = (1-eps)S_g + eps·I), so that
+    every group's N x N matrix of the output is I; channels are put back in order."""
+    n, dim = x.shape
+    d = dim // group
+    xc = x - x.mean(1, keepdim=True)
+    xg = xc[:, shuffle].reshape(n, group, d).transpose(0, 1)                  # group x N x d
+    cov = xg @ xg.transpose(1, 2) / (d - 1)                                   # group x N x N
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    eig, u = torch.linalg.eigh((1 - eps) * cov + eps * eye)
+    w = u @ torch.diag_embed(eig.rsqrt()) @ u.transpose(1, 2)
+    return (w @ xg).transpose(0, 1).reshape(n, dim)[:, torch.argsort(shuffle)]
+
+
+def _sub_batch_loss(views, perms, w_size, whiten):
+    """Shared by W-MSE and CW-RGP (their `forward`): per permutation k of the global batch,
+    split it into sub-batches of w_size, whiten each view's sub-batch separately with
+    whiten(x, k, sub-batch index, view index), and average normalized_mse over the view
+    pairs i < j and the permutations (--w_iter)."""
+    views = [all_gather_grad(v) for v in views]
+    total = 0
+    for k, perm in enumerate(perms):
+        chunks, inverse = perm.view(-1, w_size), torch.argsort(perm)
+        white = [torch.cat([whiten(v[idx], k, c, i) for c, idx in enumerate(chunks)])[inverse]
+                 for i, v in enumerate(views)]
+        total = total + sum(normalized_mse(white[i], white[j])
+                            for i, j in itertools.combinations(range(len(views)), 2))
+    return total / (len(perms) * math.comb(len(views), 2))
+
+
+def wmse_loss(views, perms, w_size, eps=0.0):
+    """W-MSE (htdt/self-supervised methods/w_mse.py): normalised MSE between the views'
+    embeddings after `cholesky_whiten` of each sub-batch of w_size (global) samples, over
+    the random permutations `perms` (one per --w_iter, each a permutation of the global batch)."""
+    return _sub_batch_loss(views, perms, w_size, lambda x, k, c, i: cholesky_whiten(x, eps))
+
+
+def cwrgp_loss(views, perms, shuffles, w_size, group, eps=0.0):
+    """CW-RGP (winci-ai/CW-RGP base/methods/cwrgp.py): as W-MSE, but each view's sub-batch is
+    `group_channel_whiten`ed with its own random channel permutation shuffles[k][c][i]
+    (permutation k, sub-batch c, view i)."""
+    return _sub_batch_loss(views, perms, w_size,
+                           lambda x, k, c, i: group_channel_whiten(x, shuffles[k][c][i], group, eps))
+
+
+def iterative_normalization(x, iters=4):
+    """INTL's IterNorm (Weng et al. 2024, "Modulate Your Spectrum in Self-Supervised
+    Learning"; winci-ai/INTL methods/whitening.py `Whitening2dIterNorm`, axis=0, the
+    default). X_c: each sample centred over its D channels; S = X_c X_cᵀ/(D-1) is N x N, over
+    the batch; S_N = S/tr(S); Newton's iterations P_0 = I, P_k = 1.5 P_{k-1} - 0.5 P_{k-1}³ S_N;
+    W = P_T/√tr(S); output W X_c. With S_N's eigenvalues λ, the output's S has eigenvalues
+    λ·p_T(λ)², p_0 = 1, p_k = 1.5 p_{k-1} - 0.5 λ p_{k-1}³ (1 only in the limit T → ∞)."""
+    xc = x - x.mean(1, keepdim=True)
+    cov = xc @ xc.T / (x.shape[1] - 1)
+    trace = cov.diagonal().sum()
+    cov_n = cov / trace
+    p = torch.eye(x.shape[0], dtype=x.dtype, device=x.device)
+    for _ in range(iters):
+        p = 1.5 * p - 0.5 * torch.linalg.matrix_power(p, 3) @ cov_n
+    return p @ xc / trace.sqrt()
+
+
+def trace_loss(z):
+    """INTL's trace loss `TL` (axis=0): Σ_n (S_nn - 1)², S = Z_c Z_cᵀ/(D-1) with each sample
+    centred over its D channels: pushes the diagonal of the N x N matrix to 1."""
+    zc = z - z.mean(1, keepdim=True)
+    return (zc.pow(2).sum(1) / (z.shape[1] - 1) - 1).pow(2).sum()
+
+
+def intl_loss(views, iters=4, beta=None):
+    """INTL (winci-ai/INTL methods/intl.py): T_i = IterNorm(view i) over the global batch;
+    loss = mean over i ≥ 1 of [nmse(T_i, T_0) + beta·(TL(T_i) + TL(T_0))]; two views:
+    (2 - 2·mean cosine) + beta·(TL_a + TL_b). beta = 0.01·(log2(N') - 3), N' the global
+    batch (INTL's `cal_trade_off`, axis=0), unless given."""
+    views = [all_gather_grad(v) for v in views]
+    beta = 0.01 * (math.log2(views[0].shape[0]) - 3) if beta is None else beta
+    white = [iterative_normalization(v, iters) for v in views]
+    tl = [trace_loss(t) for t in white]
+    return sum(normalized_mse(white[i], white[0]) + beta * (tl[i] + tl[0])
+               for i in range(1, len(white))) / (len(white) - 1)

@@ -23,8 +23,9 @@ from tqdm import tqdm
 import data as datasets
 import distributed as D
 import knn
-from methods import METHODS, Progress, build_method
-from model import ImageNetModel, build_model, plain_batchnorm, read_checkpoint, load_strict, CheckpointError
+from methods import METHODS, Progress, add_method_args, build_method, resolve_method_args
+from model import ImageNetModel, CheckpointError, build_model, load_strict, plain_batchnorm, read_checkpoint, \
+    sync_batchnorm
 from runlog import RunLog, new_run_id
 from utils import atomic_save, cosine_factor, rng_state, seed_everything, set_lr, set_rng_state, step_factor, \
     str2bool, LARS
@@ -45,8 +46,10 @@ def get_args(argv=None):
     a('--k', default=200, type=int, help='neighbours of the weighted kNN monitor')
     a('--batch_size', '--batch-size', default=512, type=int, help='global batch size (split over processes)')
     a('--epochs', default=1000, type=int, help='training epochs')
-    a('--lr', default=1e-3, type=float, help='base learning rate (x batch/256 with the cosine schedule)')
-    a('--lr_shed', default='step', choices=['step', 'cosine'], help='learning-rate schedule')
+    a('--lr', default=None, type=float,
+      help='base learning rate (x batch/256 with the cosine schedule); default 1e-3, baselines: their recipe')
+    a('--lr_shed', default=None, choices=['step', 'cosine'],
+      help='learning-rate schedule; default step, baselines: their recipe')
     a('--lmbda', '--lambd', default=0.005, type=float, help='weight of the off-diagonal terms (lambda_BT)')
     a('--corr_neg_one', dest='corr_neg_one', action='store_true', help='HSIC: off-diagonal target -1')
     a('--corr_zero', dest='corr_neg_one', action='store_false', help='Barlow Twins: off-diagonal target 0')
@@ -63,10 +66,16 @@ def get_args(argv=None):
     a('--knn_every', default=5, type=int, help='kNN monitor every N epochs (0: never); always at the end')
     a('--save_every', default=50, type=int, help='keep a model snapshot every N epochs (0: never)')
     a('--resume', default=None, help='run folder or last.pth to continue from')
+    a('--run_name', default=None,
+      help='fixed run folder name under --results_dir; a run restarted with the same name resumes from its '
+           'last.pth automatically (default on SLURM: slurm<job id>, so a requeued job continues)')
     a('--download', action='store_true', help="fetch the data set with torchvision's downloader")
     a('--subset', default=0, type=int, help='use only N images of each split (quick runs, debugging)')
     a('--log_every', '--print-freq', default=20, type=int, help='progress-bar/NaN-check interval in steps')
-    a('--warmup_epochs', default=10, type=float, help='linear warm-up epochs of the cosine schedule')
+    a('--warmup_epochs', default=None, type=float,
+      help='linear warm-up epochs of the cosine schedule; default 10 (INTL: 2)')
+    a('--warmup_steps', default=None, type=int,
+      help='linear warm-up steps of the step schedule; default 0 (SimCLR, BYOL, W-MSE, CW-RGP: 500)')
     a('--weight_decay', '--weight-decay', default=None, type=float,
       help='default: 1e-6 (Adam, LARS)')
     a('--optimizer', default=None, choices=['adam', 'lars', 'sgd'], help='default: lars for imagenet, else adam')
@@ -78,6 +87,7 @@ def get_args(argv=None):
     a('--projector', default=None, help='projector MLP sizes, e.g. 8192-8192-8192 (ImageNet default)')
     a('--learning-rate-weights', dest='lr_weights', default=0.2, type=float, help='ImageNet LARS lr (weights)')
     a('--learning-rate-biases', dest='lr_biases', default=0.0048, type=float, help='ImageNet LARS lr (biases, BN)')
+    a('--image_size', default=224, type=int, help='ImageNet crop size')
     a('--sync_bn', default=None, type=str2bool, help='SyncBatchNorm across processes (default: on for imagenet)')
     a('--precision', default='auto', choices=['auto', 'fp32', 'bf16', 'fp16'],
       help='auto: bf16 on CUDA where supported (fp16 otherwise), fp32 on CPU')
@@ -85,11 +95,16 @@ def get_args(argv=None):
     a('--compile', action='store_true', help='torch.compile the model')
     a('--aug', default=None, choices=['cpu', 'gpu'],
       help='cpu: torchvision/PIL views in workers; gpu: batched views on the training device')
+    add_method_args(p)
     args = p.parse_args(argv)
     return resolve_args(args)
 
 
 def resolve_args(args):
+    if args.lambda_mixup is not None:  # mix-bt ImageNet flag: s = 0.5 * lambda_mixup (REFERENCE.md 1)
+        args.mixup_loss_scale = 0.5 * args.lambda_mixup
+        if args.lambda_mixup == 0:
+            args.is_mixup = False
     if args.method is None:
         args.method = 'mixbt' if args.is_mixup else ('hsic' if args.corr_neg_one else 'barlowtwins')
     elif args.method == 'mixbt':
@@ -98,10 +113,8 @@ def resolve_args(args):
         args.is_mixup, args.corr_neg_one = False, False
     elif args.method == 'hsic':
         args.is_mixup, args.corr_neg_one = False, True
-    if args.lambda_mixup is not None:
-        args.mixup_loss_scale = 0.5 * args.lambda_mixup
-        args.is_mixup = args.lambda_mixup > 0 and args.method in ('mixbt', 'barlowtwins', 'hsic') and args.is_mixup
     imagenet = args.dataset == 'imagenet'
+    args = resolve_method_args(args)  # per-method defaults first: they fill only the flags left unset
     if args.optimizer is None:
         args.optimizer = 'lars' if imagenet else 'adam'
     if args.weight_decay is None:
@@ -110,6 +123,9 @@ def resolve_args(args):
         args.sync_bn = imagenet
     if imagenet and args.projector is None:
         args.projector = '8192-8192-8192'
+    for key, value in (('lr', 1e-3), ('lr_shed', 'step'), ('warmup_epochs', 10.0), ('warmup_steps', 0)):
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     return args
 
 
@@ -119,7 +135,7 @@ class CPUViews:
 
     def __init__(self, args, train, n_views, device):
         import augment
-        views = augment.ssl_views(args.dataset)
+        views = augment.ssl_views(args.dataset, args.image_size)
         transform = augment.MultiView([views[i % len(views)] for i in range(n_views)])
         if args.dataset == 'imagenet':
             self.dataset = datasets.imagenet_folder(args.data_root, 'train', transform)
@@ -199,7 +215,8 @@ def build_optimizer(args, model):
 def lr_factor(args, step, steps_per_epoch):
     if args.lr_shed == 'cosine' or args.optimizer == 'lars':
         return cosine_factor(step, args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch))
-    return step_factor(step // steps_per_epoch, args.epochs)
+    # step + 1: the W-MSE repository's warm-up, lr * (k + 1) / warmup_steps at its step k = 0, 1, ...
+    return step_factor(step // steps_per_epoch, args.epochs, step=step + 1, warmup_steps=args.warmup_steps)
 
 
 def autocast_dtype(args, device):
@@ -212,9 +229,11 @@ def autocast_dtype(args, device):
 
 # ---------------------------------------------------------------------------- checkpoints
 def run_prefix(args, run_id):
-    """The reference's file-name stem: <wandbid>_<lmbda>_<feature_dim>_<batch>_<dataset>."""
+    """The reference's file-name stem: <wandbid>_<lmbda>_<feature_dim>_<batch>_<dataset>
+    (baselines: the method's name in place of lmbda)."""
     dim = args.projector.split('-')[-1] if args.projector else args.feature_dim
-    return f'{run_id}_{args.lmbda}_{dim}_{args.batch_size}_{args.dataset}'
+    tag = args.lmbda if args.method in ('mixbt', 'barlowtwins', 'hsic') else args.method
+    return f'{run_id}_{tag}_{dim}_{args.batch_size}_{args.dataset}'
 
 
 def method_extra_state(method):
@@ -324,13 +343,17 @@ def main(argv=None):
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
+    if args.run_name is None and 'SLURM_JOB_ID' in os.environ:
+        args.run_name = f'slurm{os.environ["SLURM_JOB_ID"]}'
+    if args.resume is None and args.run_name and os.path.isfile(os.path.join(args.results_dir, args.run_name, 'last.pth')):
+        args.resume = os.path.join(args.results_dir, args.run_name)  # auto-resume
     resume_path = find_resume(args.resume)
     saved = read_checkpoint(resume_path) if resume_path else None
     if saved is not None:
         if not isinstance(saved, dict) or 'model' not in saved or 'epoch' not in saved:
             raise CheckpointError(f'--resume: {resume_path} is not a training state written by main.py')
         check_resume_args(saved.get('args', {}), args)
-    run_id = saved['run_id'] if saved else D.broadcast_object(new_run_id())
+    run_id = saved['run_id'] if saved else (args.run_name or D.broadcast_object(new_run_id()))
     run_dir = os.path.dirname(os.path.abspath(resume_path)) if saved else os.path.join(args.results_dir, run_id)
     prefix = run_prefix(args, run_id)
     state_path = os.path.join(run_dir, 'last.pth')
@@ -341,17 +364,17 @@ def main(argv=None):
     model = build_model(args)
     method = build_method(args, model)
     if D.is_main():
-        counted = profile(model, spec.size, device)
+        counted = profile(model, args.image_size if args.dataset == 'imagenet' else spec.size, device)
         if counted:
             print(f'# Model Params: {counted[1]} FLOPs: {counted[0]}')
     if args.sync_bn and D.world_size() > 1:
-        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        method = sync_batchnorm(method, device)
         model = method.model
         method.configure_bn()
     method.to(device)
     if args.channels_last:
         method.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(args, model)
+    optimizer = build_optimizer(args, method)  # the method's own parameters too (BYOL predictor, SimCLR BN)
     amp_dtype = autocast_dtype(args, device)
     scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
 
@@ -377,7 +400,7 @@ def main(argv=None):
     ddp_method = method
     if D.world_size() > 1:
         ddp_method = torch.nn.parallel.DistributedDataParallel(
-            method, device_ids=[device.index] if device.type == 'cuda' else None, broadcast_buffers=False)
+            method, device_ids=[device.index] if device.type == 'cuda' else None)
     if args.compile:
         ddp_method = torch.compile(ddp_method)
     views_source = build_train_views(args, train, method.n_views, device)
@@ -395,7 +418,7 @@ def main(argv=None):
                                          k=args.k, temperature=args.temperature, autocast_dtype=amp_dtype,
                                          channels_last=args.channels_last)
             row.update(knn_top1=top1, knn_top5=top5)
-            if D.is_main() and top1 > best['top1']:
+            if D.is_main() and (top1 > best['top1'] or not best['epoch']):  # the first evaluation always saves
                 best = {'top1': top1, 'top5': top5, 'epoch': epoch + 1}
                 atomic_save(model.state_dict(), model_path)
         if D.is_main():
@@ -421,9 +444,10 @@ def main(argv=None):
     return run_dir
 
 
-if __name__ == '__main__':
+def cli(argv=None):
+    """Command-line entry: clear one-line errors instead of tracebacks for bad input."""
     try:
-        main()
+        return main(argv)
     except (NonFiniteLoss, CheckpointError, datasets.DatasetNotFound, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         if isinstance(e, NonFiniteLoss):
@@ -431,3 +455,7 @@ if __name__ == '__main__':
         sys.exit(1)
     finally:
         D.cleanup()
+
+
+if __name__ == '__main__':
+    cli()

@@ -5,6 +5,8 @@ files. `Method.embed` runs the model once over the concatenated views with per-v
 BatchNorm statistics (model.set_bn_views), which is exactly what separate forward passes
 compute, or view by view with --fuse_views false.
 """
+import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +14,7 @@ import torch
 import torch.nn as nn
 
 import losses
-from model import set_bn_views
+from model import mlp, set_bn_views
 
 
 @dataclass
@@ -25,6 +27,10 @@ class Progress:
     @property
     def epoch_float(self):
         return self.step / max(self.steps_per_epoch, 1)
+
+
+def upcast(z):
+    return z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
 
 
 class Method(nn.Module):
@@ -45,11 +51,11 @@ class Method(nn.Module):
         set_bn_views(self.model, self.embedding_views() if self.fuse_views else 1)
 
     def embed(self, views, model=None):
-        """Projector outputs of each view, in float32 for the loss."""
+        """Projector outputs of each view; half precision (autocast) is raised to float32 for the loss."""
         model = self.model if model is None else model
         if self.fuse_views and len(views) > 1:
-            return [z.float() for z in model(torch.cat(views))[1].chunk(len(views))]
-        return [model(v)[1].float() for v in views]
+            return [upcast(z) for z in model(torch.cat(views))[1].chunk(len(views))]
+        return [upcast(model(v)[1]) for v in views]
 
     @torch.no_grad()
     def after_step(self, progress):
@@ -90,14 +96,17 @@ class BarlowTwins(Method):
             za, zb = [losses.standardize(z) for z in self.embed([xa, xb])]
             loss_bt = losses.barlow_twins_loss(losses.cross_correlation(za, zb), self.lmbda, self.corr_neg_one)
             return loss_bt, {'loss_bt': loss_bt, 'loss_mix': torch.zeros_like(loss_bt)}
-        alpha = float(self.alpha_rng.beta(1.0, 1.0))
-        perm = torch.randperm(xa.shape[0], device=xa.device)
+        alpha, perm = self.draw_mixup(xa.shape[0], xa.device)
         xm = alpha * xa + (1 - alpha) * xb[perm]
         za, zb, zm = [losses.standardize(z) for z in self.embed([xa, xb, xm])]
         loss_bt = losses.barlow_twins_loss(losses.cross_correlation(za, zb), self.lmbda, self.corr_neg_one)
         reg = losses.mixup_regulariser(zm, za, zb, perm, alpha)
         loss_mix = self.mixup_scale(progress) * self.lmbda * reg
         return loss_bt + loss_mix, {'loss_bt': loss_bt, 'loss_mix': loss_mix}
+
+    def draw_mixup(self, n, device):
+        """alpha ~ Beta(1, 1), the same on every rank; a permutation of this rank's n samples."""
+        return float(self.alpha_rng.beta(1.0, 1.0)), torch.randperm(n, device=device)
 
     def get_extra_state(self):
         return {'alpha_rng': self.alpha_rng.bit_generator.state}
@@ -107,7 +116,240 @@ class BarlowTwins(Method):
             self.alpha_rng.bit_generator.state = state['alpha_rng']
 
 
-METHODS = ('mixbt', 'barlowtwins', 'hsic')
+# ----------------------------------------------------------------------------------------
+# Baselines (REFERENCE.md section 6). SimCLR, BYOL and W-MSE follow the W-MSE repository
+# (htdt/self-supervised), which the reference's ssl-sota/ copies; CW-RGP its own small-data
+# code (winci-ai/CW-RGP base/), built on the same repository; INTL winci-ai/INTL (cifar/).
+# ----------------------------------------------------------------------------------------
+def head_of(model):
+    return model.g if hasattr(model, 'g') else model.projector
+
+
+class Baseline(Method):
+    """Shared by the baselines. As in the W-MSE repository, the backbone sees each view
+    separately (per-view BatchNorm, fused into one forward); the head sees either each view
+    separately (BYOL, INTL) or all views at once with joint BatchNorm statistics (`joint_head`:
+    the originals' SimCLR, W-MSE and CW-RGP call head(torch.cat(h))). The losses run in
+    float32 outside autocast (whitening in bf16 is not whitening). `rng` draws the sub-batch
+    and channel permutations: seeded alike on every rank, so all ranks draw the same ones
+    without communicating; its state is saved with the method (get_extra_state)."""
+    joint_head = False
+    log_keys = ()
+
+    def __init__(self, model, n_views=2, seed=0, fuse_views=True):
+        super().__init__(model, fuse_views)
+        self.n_views = n_views
+        self.rng = torch.Generator().manual_seed(seed)
+
+    def bn_views(self):
+        return self.n_views if self.fuse_views else 1
+
+    def configure_bn(self):
+        set_bn_views(self.model, self.bn_views())
+        if self.joint_head:
+            set_bn_views(head_of(self.model), 1)
+
+    def head_outputs(self, views, model=None):
+        """Un-normalised head outputs g(f(x)) of each view, in float32."""
+        model = self.model if model is None else model
+        head = head_of(model)
+        h = model.features(torch.cat(views)) if self.fuse_views else torch.cat([model.features(v) for v in views])
+        z = head(h) if self.fuse_views or self.joint_head else torch.cat([head(c) for c in h.chunk(len(views))])
+        return list(z.float().chunk(len(views)))
+
+    def full_precision(self, z):
+        return torch.autocast(z.device.type, enabled=False)
+
+    def get_extra_state(self):
+        return {'rng': self.rng.get_state()}
+
+    def set_extra_state(self, state):
+        if state and 'rng' in state:
+            self.rng.set_state(state['rng'])
+
+
+class SimCLR(Baseline):
+    """SimCLR as the W-MSE repository's `contrastive` method: head output -> BatchNorm1d
+    (`bn_last`, over all views) -> losses.nt_xent with temperature --tau, over all views."""
+    joint_head = True
+
+    def __init__(self, model, emb, tau=0.5, n_views=2, seed=0, fuse_views=True):
+        super().__init__(model, n_views, seed, fuse_views)
+        self.bn_last = nn.BatchNorm1d(emb)
+        self.tau = tau
+        self.configure_bn()
+
+    def forward(self, views, progress=None):
+        z = self.bn_last(torch.cat(self.head_outputs(views))).float()
+        with self.full_precision(z):
+            return losses.nt_xent(z.chunk(len(views)), self.tau), {}
+
+
+class BYOL(Baseline):
+    """BYOL as the W-MSE repository's: predictor Linear(emb, head_size)-BN-ReLU-Linear(head_size,
+    emb); `target` = EMA of backbone + head (parameters only: its BatchNorm statistics are its
+    own, from its forward in train mode, as in the original), never trained, updated after every
+    step with tau = 1 - (1 - byol_tau)(cos(pi * epoch / epochs) + 1) / 2. losses.byol_loss."""
+
+    def __init__(self, model, emb, head_size=1024, byol_tau=0.99, n_views=2, seed=0, fuse_views=True):
+        super().__init__(model, n_views, seed, fuse_views)
+        self.predictor = mlp([emb, head_size, emb], last_bias=True)
+        self.target = copy.deepcopy(model).requires_grad_(False)
+        self.byol_tau = byol_tau
+        self.configure_bn()
+
+    def configure_bn(self):
+        super().configure_bn()
+        set_bn_views(self.target, self.bn_views())
+        set_bn_views(self.predictor, self.bn_views())
+
+    def forward(self, views, progress=None):
+        z = self.head_outputs(views)
+        p = self.predictor(torch.cat(z)).chunk(len(views)) if self.fuse_views else [self.predictor(x) for x in z]
+        with torch.no_grad():
+            targets = self.head_outputs(views, self.target)
+        with self.full_precision(z[0]):
+            return losses.byol_loss([x.float() for x in p], targets), {}
+
+    def target_tau(self, progress):
+        return 1 - (1 - self.byol_tau) * (math.cos(math.pi * progress.epoch / progress.epochs) + 1) / 2
+
+    @torch.no_grad()
+    def after_step(self, progress):
+        tau = self.target_tau(progress)
+        for t, s in zip(self.target.parameters(), self.model.parameters()):
+            t.copy_(t * tau + s * (1 - tau))
+
+
+class WMSE(Baseline):
+    """W-MSE: losses.wmse_loss on the head outputs, whitened in sub-batches of --w_size samples
+    of the global batch, --w_iter random permutations per step (drawn from `rng`)."""
+    joint_head = True
+
+    def __init__(self, model, w_size=128, w_iter=1, w_eps=0.0, n_views=2, seed=0, fuse_views=True):
+        super().__init__(model, n_views, seed, fuse_views)
+        self.w_size, self.w_iter, self.w_eps = w_size, w_iter, w_eps
+        self.configure_bn()
+
+    def sub_batches(self, z):
+        n = losses.global_batch_size(z)
+        if n % self.w_size:
+            raise ValueError(f'--w_size {self.w_size} must divide the global batch size {n}')
+        return n, n // self.w_size
+
+    def forward(self, views, progress=None):
+        z = self.head_outputs(views)
+        n, _ = self.sub_batches(z[0])
+        perms = [torch.randperm(n, generator=self.rng).to(z[0].device) for _ in range(self.w_iter)]
+        with self.full_precision(z[0]):
+            return losses.wmse_loss(z, perms, self.w_size, self.w_eps), {}
+
+
+class CWRGP(WMSE):
+    """CW-RGP: as W-MSE, with losses.cwrgp_loss: channel whitening in --group groups, a fresh
+    random channel permutation for every (permutation, sub-batch, view), drawn from `rng`."""
+
+    def __init__(self, model, w_size=64, w_iter=1, w_eps=0.0, group=4, n_views=2, seed=0, fuse_views=True):
+        super().__init__(model, w_size, w_iter, w_eps, n_views, seed, fuse_views)
+        self.group = group
+
+    def forward(self, views, progress=None):
+        z = self.head_outputs(views)
+        n, chunks = self.sub_batches(z[0])
+        dim, device = z[0].shape[1], z[0].device
+        if dim % self.group:
+            raise ValueError(f'--group {self.group} must divide the embedding size {dim}')
+        perms, shuffles = [], []
+        for _ in range(self.w_iter):
+            perms.append(torch.randperm(n, generator=self.rng).to(device))
+            shuffles.append([[torch.randperm(dim, generator=self.rng).to(device) for _ in views]
+                             for _ in range(chunks)])
+        with self.full_precision(z[0]):
+            return losses.cwrgp_loss(z, perms, shuffles, self.w_size, self.group, self.w_eps), {}
+
+
+class INTL(Baseline):
+    """INTL: losses.intl_loss (IterNorm with --intl_iters Newton steps + trace loss) on each
+    view's head output; the head sees each view separately, as in INTL's forward."""
+
+    def __init__(self, model, iters=4, n_views=2, seed=0, fuse_views=True):
+        super().__init__(model, n_views, seed, fuse_views)
+        self.iters = iters
+        self.configure_bn()
+
+    def forward(self, views, progress=None):
+        z = self.head_outputs(views)
+        with self.full_precision(z[0]):
+            return losses.intl_loss(z, self.iters), {}
+
+
+BASELINES = ('simclr', 'byol', 'wmse', 'intl', 'cwrgp')
+METHODS = ('mixbt', 'barlowtwins', 'hsic') + BASELINES
+
+
+def recipe(method, dataset):
+    """The defaults of a baseline on a data set (used for the flags left unset).
+
+    SimCLR, BYOL, W-MSE: the W-MSE README's command lines (32 px: lr 3e-3, emb 64; STL-10,
+    Tiny-ImageNet: lr 2e-3, emb 128; W-MSE w_size 128 / 256) and its cfg.py (Adam, weight
+    decay 1e-6, head 1024, 500 warm-up steps, x0.2 at epochs E-50 and E-25; w_eps 1e-4 as in
+    the reference's ssl-sota/cfg.py). CW-RGP: scripts/base.sh and base/cfg.py of winci-ai/CW-RGP
+    (the same Adam recipe; emb 512, w_size 64, group 4; Tiny-ImageNet emb 1024, head 2048,
+    w_size 128, group 2; w_eps 0). INTL: scripts/cifar10.sh and cifar/cfg.py of winci-ai/INTL
+    (SGD momentum 0.9, lr 0.3 x batch/256, weight decay 1e-4, 2 warm-up epochs then cosine to
+    0.001x, projector 2048-2048-2048); it has no STL-10/Tiny-ImageNet recipe: the same is used."""
+    small = dataset in ('cifar10', 'cifar100', 'fashionmnist')
+    tiny = dataset == 'tiny_imagenet'
+    if method == 'intl':
+        return dict(optimizer='sgd', lr=0.3, weight_decay=1e-4, lr_shed='cosine', warmup_epochs=2, warmup_steps=0,
+                    head_size=2048, emb=2048)
+    common = dict(optimizer='adam', lr=3e-3 if small else 2e-3, weight_decay=1e-6, lr_shed='step', warmup_steps=500)
+    if method == 'cwrgp':
+        return dict(common, head_size=2048 if tiny else 1024, emb=1024 if tiny else 512, w_size=128 if tiny else 64,
+                    group=2 if tiny else 4, w_eps=0.0)
+    out = dict(common, head_size=1024, emb=64 if small else 128)
+    if method == 'wmse':
+        out.update(w_size=128 if small else 256, w_eps=1e-4)
+    return out
+
+
+def add_method_args(parser):
+    """Flags of the methods beyond the Barlow Twins family (main.py calls this)."""
+    g = parser.add_argument_group('baselines (simclr, byol, wmse, intl, cwrgp)',
+                                  'flags left unset take the method\'s recipe (methods.recipe), and so do '
+                                  '--lr, --lr_shed, --optimizer, --weight_decay, --warmup_steps, --warmup_epochs')
+    a = g.add_argument
+    a('--num_views', '--num_samples', '--nmb_crops', default=None, type=int,
+      help='views per image (W-MSE 4 / CW-RGP 4: 4); default 2')
+    a('--emb', default=None, type=int, help='head output size (W-MSE repository name); sets --projector HEAD-EMB')
+    a('--head_size', default=None, type=int, help='hidden width of the head (INTL: of both hidden layers)')
+    a('--tau', default=0.5, type=float, help='SimCLR: NT-Xent temperature')
+    a('--byol_tau', default=0.99, type=float, help='BYOL: starting EMA rate of the target network')
+    a('--w_size', default=None, type=int, help='W-MSE, CW-RGP: whitening sub-batch size (of the global batch)')
+    a('--w_iter', default=1, type=int, help='W-MSE, CW-RGP: random sub-batch partitions per step')
+    a('--w_eps', default=None, type=float, help='W-MSE, CW-RGP: whitening shrinkage, (1-eps) cov + eps I')
+    a('--group', default=None, type=int, help='CW-RGP: channel groups whitened separately')
+    a('--intl_iters', '--iters', default=4, type=int, help='INTL: Newton iterations of IterNorm (T)')
+
+
+def resolve_method_args(args):
+    """Per-method defaults applied after parsing (main.py calls this, before its own defaults):
+    a baseline fills each flag the user left unset (None) from `recipe`, and its head
+    --projector from --head_size/--emb (INTL: HEAD-HEAD-EMB); --feature_dim follows the head."""
+    if args.method not in BASELINES:
+        if args.num_views not in (None, 2):
+            raise ValueError(f'--num_views {args.num_views}: --method {args.method} uses two views')
+        return args
+    for key, value in recipe(args.method, args.dataset).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.projector is None:
+        hidden = [args.head_size] * (2 if args.method == 'intl' else 1)
+        args.projector = '-'.join(str(s) for s in hidden + [args.emb])
+    args.emb = args.feature_dim = int(args.projector.split('-')[-1])
+    if args.num_views is None:
+        args.num_views = 2
+    return args
 
 
 def build_method(args, model):
@@ -119,4 +361,15 @@ def build_method(args, model):
         return BarlowTwins(model, args.lmbda, corr_neg_one=args.corr_neg_one, is_mixup=args.is_mixup,
                            mixup_loss_scale=args.mixup_loss_scale, mixup_warmup_epochs=args.mixup_warmup_epochs,
                            seed=args.seed, fuse_views=fuse)
+    views, seed = args.num_views, args.seed
+    if name == 'simclr':
+        return SimCLR(model, args.emb, args.tau, views, seed, fuse)
+    if name == 'byol':
+        return BYOL(model, args.emb, args.head_size, args.byol_tau, views, seed, fuse)
+    if name == 'wmse':
+        return WMSE(model, args.w_size, args.w_iter, args.w_eps, views, seed, fuse)
+    if name == 'cwrgp':
+        return CWRGP(model, args.w_size, args.w_iter, args.w_eps, args.group, views, seed, fuse)
+    if name == 'intl':
+        return INTL(model, args.intl_iters, views, seed, fuse)
     raise ValueError(f'unknown --method {name!r}; choose one of {METHODS}')

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# BYOL on cifar10.
+# Source: htdt/self-supervised README ("To reproduce the results"):
+#   python -m train --dataset cifar10 --epoch 1000 --lr 3e-3 --emb 64 --method byol
+#   with its cfg.py defaults: --bs 384, --head_size 1024, Adam (weight decay 1e-6), 500 warm-up steps,
+#   x0.2 at epochs E-50 and E-25 (the reference's ssl-sota/ copies this repository).
+# Override any variable from the environment, e.g. EPOCHS=100 NPROC=2 bash ssl-sota/byol/cifar10.sh
+# Extra flags are passed through to main.py: bash ssl-sota/byol/cifar10.sh --seed 1
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/common.sh"
+
+gpu=${GPU:-0}                      # CUDA device of a single-process run (-1: CPU)
+nproc=${NPROC:-1}                  # processes (GPUs) for torchrun; the global batch is split over them
+dataset=cifar10
+arch=${ARCH:-resnet18}
+epochs=${EPOCHS:-1000}
+batch_size=${BATCH_SIZE:-384}
+lr=${LR:-3e-3}
+emb=${EMB:-64}
+head_size=${HEAD_SIZE:-1024}
+byol_tau=${BYOL_TAU:-0.99}
+data_root=${DATA_ROOT:-$ROOT/data}
+results_dir=${RESULTS_DIR:-$ROOT/results}
+
+launch "$nproc" "$ROOT/main.py" --method byol --dataset "$dataset" --gpu "$gpu" --data_root "$data_root" \
+  --results_dir "$results_dir" --arch "$arch" --epochs "$epochs" --batch_size "$batch_size" --lr "$lr" \
+  --emb "$emb" --head_size "$head_size" --byol_tau "$byol_tau" --optimizer adam --weight_decay 1e-6 \
+  --lr_shed step --warmup_steps 500 "$@"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# INTL on stl10.
+# INTL publishes no stl10 recipe (only CIFAR-10/100, ImageNet-100 and ImageNet): this is our extrapolation,
+#   its CIFAR recipe (scripts/cifar10.sh) on 64-pixel data.
+#   cifar/cfg.py defaults: --bs 256, projector 2048-2048-2048, 4 IterNorm iterations, SGD momentum 0.9,
+#   lr 0.3 x batch/256 with 2 warm-up epochs, then cosine to 0.001x.
+# Override any variable from the environment, e.g. EPOCHS=100 NPROC=2 bash ssl-sota/intl/stl10.sh
+# Extra flags are passed through to main.py: bash ssl-sota/intl/stl10.sh --seed 1
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/common.sh"
+
+gpu=${GPU:-0}                      # CUDA device of a single-process run (-1: CPU)
+nproc=${NPROC:-1}                  # processes (GPUs) for torchrun; the global batch is split over them
+dataset=stl10
+arch=${ARCH:-resnet18}
+epochs=${EPOCHS:-1000}
+batch_size=${BATCH_SIZE:-256}
+lr=${LR:-0.3}
+weight_decay=${WEIGHT_DECAY:-1e-4}
+projector=${PROJECTOR:-2048-2048-2048}
+iters=${ITERS:-4}
+data_root=${DATA_ROOT:-$ROOT/data}
+results_dir=${RESULTS_DIR:-$ROOT/results}
+
+launch "$nproc" "$ROOT/main.py" --method intl --dataset "$dataset" --gpu "$gpu" --data_root "$data_root" \
+  --results_dir "$results_dir" --arch "$arch" --epochs "$epochs" --batch_size "$batch_size" --lr "$lr" \
+  --weight_decay "$weight_decay" --projector "$projector" --intl_iters "$iters" --optimizer sgd \
+  --lr_shed cosine --warmup_epochs 2 "$@"

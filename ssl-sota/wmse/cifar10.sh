@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# W-MSE 2 on cifar10.
+# Source: htdt/self-supervised README ("To reproduce the results"), "W-MSE 2":
+#   python -m train --dataset cifar10 --epoch 1000 --lr 3e-3 --emb 64 --w_size 128
+#   batch 256 and --w_eps 10e-3 (= 0.01) as the reference's ssl-sota/scripts-pretrain/w-mse scripts;
+#   head 1024, Adam (weight decay 1e-6), 500 warm-up steps, x0.2 at epochs E-50 and E-25.
+# Override any variable from the environment, e.g. EPOCHS=100 NPROC=2 bash ssl-sota/wmse/cifar10.sh
+# Extra flags are passed through to main.py: bash ssl-sota/wmse/cifar10.sh --seed 1
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/common.sh"
+
+gpu=${GPU:-0}                      # CUDA device of a single-process run (-1: CPU)
+nproc=${NPROC:-1}                  # processes (GPUs) for torchrun; the global batch is split over them
+dataset=cifar10
+arch=${ARCH:-resnet18}
+epochs=${EPOCHS:-1000}
+batch_size=${BATCH_SIZE:-256}
+lr=${LR:-3e-3}
+views=${VIEWS:-2}
+emb=${EMB:-64}
+head_size=${HEAD_SIZE:-1024}
+w_size=${W_SIZE:-128}
+w_iter=${W_ITER:-1}
+w_eps=${W_EPS:-1e-2}
+data_root=${DATA_ROOT:-$ROOT/data}
+results_dir=${RESULTS_DIR:-$ROOT/results}
+
+launch "$nproc" "$ROOT/main.py" --method wmse --dataset "$dataset" --gpu "$gpu" --data_root "$data_root" \
+  --results_dir "$results_dir" --arch "$arch" --epochs "$epochs" --batch_size "$batch_size" --lr "$lr" \
+  --num_views "$views" --emb "$emb" --head_size "$head_size" --w_size "$w_size" --w_iter "$w_iter" \
+  --w_eps "$w_eps" --optimizer adam --weight_decay 1e-6 --lr_shed step --warmup_steps 500 "$@"
