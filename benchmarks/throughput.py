@@ -9,7 +9,7 @@ Prints one JSON object (images/s count images, each delivered as its two views):
     vs the batched on-device views (gpu_augment.DeviceViews);
 (b) full training steps through main.train_one_epoch, in the same run on the same device:
     reference-style = PIL workers, one forward per view (--fuse_views false), fp32, NCHW;
-    ours = on-device views, fused views, channels_last and bf16 autocast on CUDA, optional
+    ours = on-device views, fused views, channels_last, bf16 autocast on CUDA, optional
     --compile. On CUDA also the epoch time for 50k images and the model-FLOP utilisation:
     2 * thop MACs per image (forward) x 3 (forward + backward) x views per step / time / --peak.
 Data: the real training set when data.load finds it under --data_root, else random uint8
@@ -49,7 +49,7 @@ def get_args(argv=None):
     a('--warmup', type=int, default=5, help='untimed steps first (worker start-up, cuDNN autotune, compile)')
     a('--workers', type=int, default=2, help='DataLoader workers of the PIL pipeline')
     a('--threads', type=int, default=None, help='torch threads of this process (default: torch\'s)')
-    a('--channels_last', default='auto', choices=['auto', 'true', 'false'], help='ours; auto: on for CUDA')
+    a('--channels_last', default='true', choices=['auto', 'true', 'false'], help='ours (main.py default: true); auto: on for CUDA only')
     a('--compile', action='store_true', help='torch.compile ours')
     a('--peak', type=float, default=989e12, help='peak FLOP/s for the MFU (default: H100 bf16 dense)')
     a('--small', action='store_true', help='CPU-sized run: batch 32, 5 steps, 2 warm-up steps')

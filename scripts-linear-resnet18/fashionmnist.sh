@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Linear evaluation, resnet18 on fashionmnist: by default the best model of your latest fashionmnist pretraining run.
+# Edit the variables below, or override any of them from the environment, e.g.
+#   EPOCHS=100 bash scripts-linear-resnet18/fashionmnist.sh
+# Extra flags are passed through to linear.py: bash scripts-linear-resnet18/fashionmnist.sh --seed 1
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
+
+gpu=${GPU:-0}
+dataset=fashionmnist
+arch=resnet18
+batch_size=${BATCH_SIZE:-512}
+epochs=${EPOCHS:-200}
+model_path=${MODEL_PATH:-$(latest_run_model fashionmnist)}
+model_path=${model_path:-$ROOT/results/<run>/<run>_..._fashionmnist_model.pth}
+data_root=${DATA_ROOT:-$ROOT/data}
+results_dir=${RESULTS_DIR:-$ROOT/results/linear}
+
+require_checkpoint "$model_path"
+"$PYTHON" "$ROOT/linear.py" --dataset "$dataset" --model_path "$model_path" --arch "$arch" --batch_size "$batch_size" \
+  --epochs "$epochs" --gpu "$gpu" --data_root "$data_root" --results_dir "$results_dir" "$@"
