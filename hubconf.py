@@ -66,7 +66,7 @@ def _load_state(weights):
 
 
 def _backbone(arch, dataset, pretrained, weights, variant):
-    from model import EMBEDDING_SIZE, _resnet, small_backbone, load_backbone
+    from model import _resnet, small_backbone, load_backbone
     if not pretrained and weights is None:
         if dataset == 'imagenet':
             net = _resnet(arch)

@@ -12,7 +12,6 @@ ImageNet (the official Barlow Twins evaluate.py recipe), one process per GPU wit
 """
 import argparse
 import os
-import sys
 import urllib.request
 
 import torch
@@ -23,7 +22,7 @@ import data as datasets
 import distributed as D
 from model import CheckpointError, load_backbone
 from probe import Probe, extract_features, feature_batches, fit, open_run
-from utils import seed_everything
+from utils import autocast_dtype, run_command, seed_everything
 
 SIMCLR_SUBSETS = 'https://raw.githubusercontent.com/google-research/simclr/master/imagenet_subsets/{}percent.txt'
 
@@ -65,14 +64,6 @@ def get_args(argv=None):
     if args.weights == 'finetune' and not imagenet:
         raise SystemExit('error: --weights finetune is the ImageNet semi-supervised protocol (--dataset imagenet)')
     return args
-
-
-def amp_for(args, device):
-    if device.type != 'cuda' or args.precision == 'fp32':
-        return None
-    if args.precision == 'auto':
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {'bf16': torch.bfloat16, 'fp16': torch.float16}[args.precision]
 
 
 def wrap_ddp(module, device):
@@ -224,21 +215,14 @@ def main(argv=None):
     seed_everything(args.seed + D.rank())
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
-    amp = amp_for(args, device)
+    amp = autocast_dtype(args.precision, device)
     if args.dataset == 'imagenet':
         return imagenet_eval(args, device, amp)
     return small_eval(args, device, amp)
 
 
 def cli(argv=None):
-    """Command-line entry: clear one-line errors instead of tracebacks for bad input."""
-    try:
-        return main(argv)
-    except (CheckpointError, datasets.DatasetNotFound, FileNotFoundError, ValueError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(1)
-    finally:
-        D.cleanup()
+    return run_command(lambda: main(argv), (CheckpointError, datasets.DatasetNotFound, FileNotFoundError, ValueError))
 
 
 if __name__ == '__main__':

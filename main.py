@@ -27,8 +27,8 @@ from methods import METHODS, Progress, add_method_args, build_method, resolve_me
 from model import ImageNetModel, CheckpointError, build_model, load_strict, plain_batchnorm, read_checkpoint, \
     sync_batchnorm
 from runlog import RunLog, new_run_id
-from utils import atomic_save, cosine_factor, rng_state, seed_everything, set_lr, set_rng_state, step_factor, \
-    str2bool, LARS
+from utils import LARS, atomic_save, autocast_dtype, cosine_factor, rng_state, run_command, seed_everything, \
+    set_lr, set_rng_state, step_factor, str2bool
 
 
 class NonFiniteLoss(RuntimeError):
@@ -220,14 +220,6 @@ def lr_factor(args, step, steps_per_epoch):
     return step_factor(step // steps_per_epoch, args.epochs, step=step + 1, warmup_steps=args.warmup_steps)
 
 
-def autocast_dtype(args, device):
-    if device.type != 'cuda' or args.precision == 'fp32':
-        return None
-    if args.precision == 'auto':
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {'bf16': torch.bfloat16, 'fp16': torch.float16}[args.precision]
-
-
 # ---------------------------------------------------------------------------- checkpoints
 def run_prefix(args, run_id):
     """The reference's file-name stem: <wandbid>_<lmbda>_<feature_dim>_<batch>_<dataset>
@@ -279,7 +271,7 @@ def install_requeue_handler(state_path):
 
 
 # ---------------------------------------------------------------------------- training
-def profile(model, size, device):
+def profile(model, size):
     """Params and FLOPs with thop, on a copy so that no profiling buffer reaches a state dict."""
     try:
         from thop import clever_format, profile as thop_profile
@@ -319,7 +311,8 @@ def train_one_epoch(args, epoch, ddp_method, method, optimizer, scaler, views_so
             means = (sums / count).tolist()  # the only host sync: every log_every steps
             if not all(math.isfinite(v) for v in means):
                 raise NonFiniteLoss(f'the loss became {means[0]} in epoch {epoch + 1} (by step {i + 1}/{steps}); '
-                                    'training stopped')
+                                    'training stopped. The last good checkpoints (last.pth, *_model.pth) are '
+                                    'untouched in the run folder')
             bar.set_postfix(loss=f'{means[0]:.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.2e}')
     elapsed = time.time() - start
     means = (sums / max(count, 1)).tolist()
@@ -363,7 +356,7 @@ def main(argv=None):
     model = build_model(args)
     method = build_method(args, model)
     if D.is_main():
-        counted = profile(model, args.image_size if args.dataset == 'imagenet' else spec.size, device)
+        counted = profile(model, args.image_size if args.dataset == 'imagenet' else spec.size)
         if counted:
             print(f'# Model Params: {counted[1]} FLOPs: {counted[0]}')
     if args.sync_bn and D.world_size() > 1:
@@ -374,7 +367,7 @@ def main(argv=None):
     if args.channels_last:
         method.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(args, method)  # the method's own parameters too (BYOL predictor, SimCLR BN)
-    amp_dtype = autocast_dtype(args, device)
+    amp_dtype = autocast_dtype(args.precision, device)
     scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
 
     start_epoch, best, history = 0, {'top1': 0.0, 'top5': 0.0, 'epoch': 0}, []
@@ -435,7 +428,9 @@ def main(argv=None):
 
     if D.is_main():
         if isinstance(model, ImageNetModel):
-            atomic_save(plain_batchnorm(copy.deepcopy(model.backbone)).state_dict(), os.path.join(run_dir, 'resnet50.pth'))
+            # torchvision layout without fc: the released format (resnet50.pth by default)
+            atomic_save(plain_batchnorm(copy.deepcopy(model.backbone)).state_dict(),
+                        os.path.join(run_dir, f'{args.arch}.pth'))
         if best['epoch']:
             print(f'Best kNN top-1 {best["top1"]:.2f} (top-5 {best["top5"]:.2f}) at epoch {best["epoch"]}: {model_path}')
         log.summary(best_knn_top1=best['top1'], best_knn_top5=best['top5'])
@@ -444,16 +439,7 @@ def main(argv=None):
 
 
 def cli(argv=None):
-    """Command-line entry: clear one-line errors instead of tracebacks for bad input."""
-    try:
-        return main(argv)
-    except (NonFiniteLoss, CheckpointError, datasets.DatasetNotFound, ValueError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        if isinstance(e, NonFiniteLoss):
-            print('The last good checkpoint is untouched in the run folder (last.pth, *_model.pth).', file=sys.stderr)
-        sys.exit(1)
-    finally:
-        D.cleanup()
+    return run_command(lambda: main(argv), (NonFiniteLoss, CheckpointError, datasets.DatasetNotFound, ValueError))
 
 
 if __name__ == '__main__':

@@ -10,17 +10,16 @@ features are extracted once and cached. Same probe loop as linear.py.
 """
 import argparse
 import os
-import sys
 
 import torch
 from torchvision import transforms as T
 
 import data as datasets
 import distributed as D
-from linear import amp_for, frozen_probe
+from linear import frozen_probe
 from model import SMALL_DATASETS, CheckpointError, load_backbone
 from transfer_data import TRANSFER, load_transfer
-from utils import seed_everything
+from utils import autocast_dtype, run_command, seed_everything
 
 
 def get_args(argv=None):
@@ -52,7 +51,7 @@ def main(argv=None):
     args = get_args(argv)
     device = D.init_distributed(args.gpu)
     seed_everything(args.seed + D.rank())
-    amp = amp_for(args, device)
+    amp = autocast_dtype(args.precision, device)
     backbone, emb, arch = load_backbone(args.model_path, args.dataset, args.arch)
     spec = TRANSFER[args.transfer_dataset]
     size = datasets.SPECS[args.dataset].size
@@ -74,14 +73,7 @@ def main(argv=None):
 
 
 def cli(argv=None):
-    """Command-line entry: clear one-line errors instead of tracebacks for bad input."""
-    try:
-        return main(argv)
-    except (CheckpointError, datasets.DatasetNotFound, FileNotFoundError, ValueError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(1)
-    finally:
-        D.cleanup()
+    return run_command(lambda: main(argv), (CheckpointError, datasets.DatasetNotFound, FileNotFoundError, ValueError))
 
 
 if __name__ == '__main__':

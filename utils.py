@@ -2,6 +2,7 @@
 import math
 import os
 import random
+import sys
 import tempfile
 
 import numpy as np
@@ -111,6 +112,29 @@ def set_rng_state(state):
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def autocast_dtype(precision, device):
+    """The autocast dtype of --precision: auto = bf16 on CUDA where supported (fp16 with a
+    GradScaler otherwise), and no autocast (fp32) on the CPU."""
+    if device.type != 'cuda' or precision == 'fp32':
+        return None
+    if precision == 'auto':
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]
+
+
+def run_command(main, errors):
+    """A script's command-line entry: the expected failures (`errors`: bad input, missing data,
+    a non-finite loss) end in one clear line and exit code 1, not a traceback."""
+    import distributed
+    try:
+        return main()
+    except errors as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(1)
+    finally:
+        distributed.cleanup()
 
 
 def str2bool(v):

@@ -135,7 +135,6 @@ def test_hubconf_loads_local_weights_strictly(tmp_path, repo_root):
 
 
 def test_detectron2_converter_key_mapping(tmp_path, repo_root):
-    import convert_to_detectron2 as conv
     tv = torchvision.models.resnet50()
     state = {k: v for k, v in tv.state_dict().items() if not k.startswith('fc.')}
     src = tmp_path / 'resnet50.pth'
