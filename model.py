@@ -235,15 +235,23 @@ def read_checkpoint(path):
         raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})') from None
 
 
+# thop.profile leaves `total_ops`/`total_params` buffers on every module it has no counting rule
+# for (Sequential, BasicBlock, Bottleneck, Model). The reference profiled its model in place
+# before training, so its released state dicts carry these counters: not weights, dropped here.
+PROFILER_COUNTERS = ('total_ops', 'total_params')
+
+
 def _unwrap(obj):
-    """The state dict inside the formats we know: raw, {'model': ...}, {'state_dict': ...}, DDP prefixes."""
+    """The state dict inside the formats we know: raw, {'model': ...}, {'state_dict': ...}, DDP
+    prefixes; thop's profiling counters removed."""
     if isinstance(obj, dict) and 'model' in obj and isinstance(obj['model'], dict):
         obj = obj['model']
     elif isinstance(obj, dict) and 'state_dict' in obj and isinstance(obj['state_dict'], dict):
         obj = obj['state_dict']
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError('the file does not hold a state dict (a mapping of names to tensors)')
-    return {re.sub(r'^(module\.)+', '', k): v for k, v in obj.items()}
+    return {re.sub(r'^(module\.)+', '', k): v for k, v in obj.items()
+            if k.rsplit('.', 1)[-1] not in PROFILER_COUNTERS}
 
 
 def compare_state(expected, given):
@@ -291,15 +299,54 @@ def infer_small_variant(state):
     return arch, stem
 
 
+def _linear_sizes(state, prefix):
+    """Output sizes of the Linear layers of an MLP stored under `prefix` (weights `prefix.<i>.weight`, 2-D)."""
+    found = sorted((int(m.group(1)), v.shape[0]) for k, v in state.items()
+                   if (m := re.fullmatch(re.escape(prefix) + r'\.(\d+)\.weight', k)) and v.ndim == 2)
+    return [size for _, size in found]
+
+
+def _expected_small(state, arch, dataset):
+    """The state dict a small-data checkpoint should have: `Model`'s, with the projector its g.*
+    describes (the reference head E-512-d with a final bias, or a baseline's MLP projector);
+    the backbone's alone (f.*) for a file without g.*."""
+    sizes = _linear_sizes(state, 'g')
+    if not sizes:
+        return {f'f.{k}': v for k, v in small_backbone(arch, dataset).state_dict().items()}
+    if len(sizes) == 2 and sizes[0] == 512 and 'g.3.bias' in state:
+        return Model(sizes[-1], dataset, arch).state_dict()
+    return Model(dataset=dataset, arch=arch, projector='-'.join(map(str, sizes))).state_dict()
+
+
+def _expected_imagenet_heads(state, emb):
+    """projector.* (official MLP: Linear-BN-ReLU blocks, final Linear without bias) and bn.* (the
+    official Barlow Twins' affine-free BatchNorm of the embeddings) of a full ImageNet checkpoint."""
+    expected = {}
+    sizes = _linear_sizes(state, 'projector')
+    if sizes:
+        expected.update({f'projector.{k}': v for k, v in mlp([emb] + sizes).state_dict().items()})
+    if any(k.startswith('bn.') for k in state):
+        dim = sizes[-1] if sizes else state['bn.running_mean'].shape[0] if 'bn.running_mean' in state else 1
+        expected.update({f'bn.{k}': v for k, v in nn.BatchNorm1d(dim, affine=False).state_dict().items()})
+    return expected
+
+
+def _check_all_keys(expected, state, path):
+    missing, unexpected, shapes = compare_state(expected, state)
+    if missing or unexpected or shapes:
+        raise CheckpointError(f'{path} does not match the model: ' + _format_problems(missing, unexpected, shapes))
+
+
 def load_backbone(path, dataset, arch=None, state=None):
     """The frozen-evaluation backbone of a checkpoint, loaded strictly, whatever its format.
 
-    Accepted: a small-data `Model` state dict (released `*_model.pth`, or our run state
-    with a 'model' entry) for the small data sets; a torchvision ResNet-50 state dict
-    (released ImageNet backbone, official Barlow Twins `resnet50.pth`), with or without
-    `fc.*`, or a full ImageNet training checkpoint with `module.backbone.*` keys, for
-    ImageNet-style backbones. `state` (already loaded) replaces reading `path`, which then
-    only names the source in messages. Returns (backbone module, embedding size, arch).
+    Accepted: a small-data `Model` state dict (released `*_model.pth`, or our run state with
+    a 'model' entry) for the small data sets; a torchvision ResNet state dict (released
+    ImageNet backbone, official Barlow Twins `resnet50.pth`), with or without `fc.*`, or a
+    full ImageNet training checkpoint with `module.backbone.*` keys, for ImageNet-style
+    backbones. Every key and shape is checked, heads included (g.*; projector.*, bn.*):
+    anything else is an error that names it. `state` (already loaded) replaces reading
+    `path`, which then only names the source in messages. Returns (backbone, embedding size, arch).
     """
     state = _unwrap(read_checkpoint(path) if state is None else state)
     if any(k.startswith('f.') for k in state):
@@ -313,11 +360,13 @@ def load_backbone(path, dataset, arch=None, state=None):
             fits = sorted(NO_MAXPOOL if stem == 'no_maxpool' else WITH_MAXPOOL)
             raise CheckpointError(f'{path} holds a backbone for {"/".join(fits)} ({stem.replace("_", " ")}), '
                                   f'not for --dataset {dataset}')
+        _check_all_keys(_expected_small(state, found_arch, dataset), state, path)
         backbone = small_backbone(found_arch, dataset)
-        f_state = {k[2:]: v for k, v in state.items() if k.startswith('f.')}
-        load_strict(backbone, f_state, f'{path} (backbone f.*)')
+        backbone.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith('f.')}, strict=True)
         return backbone, EMBEDDING_SIZE[found_arch], found_arch
-    if any(k.startswith('backbone.') for k in state):
+    heads = {}
+    if any(k.startswith('backbone.') for k in state):  # a full ImageNet training checkpoint
+        heads = {k: v for k, v in state.items() if not k.startswith('backbone.')}
         state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
     if 'conv1.weight' in state and state['conv1.weight'].shape[-1] == 7:
         if dataset in SMALL_DATASETS:
@@ -326,6 +375,7 @@ def load_backbone(path, dataset, arch=None, state=None):
         found_arch = 'resnet50' if 'layer1.0.conv3.weight' in state else 'resnet18'
         if arch is not None and arch != found_arch:
             raise CheckpointError(f'{path} holds a {found_arch} backbone but --arch {arch} was given')
+        _check_all_keys(_expected_imagenet_heads(heads, EMBEDDING_SIZE[found_arch]), heads, path)
         backbone = _resnet(found_arch)
         backbone.fc = nn.Identity()
         state = {k: v for k, v in state.items() if not k.startswith('fc.')}

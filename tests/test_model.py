@@ -96,6 +96,50 @@ def test_load_backbone_reads_released_layout_and_infers_variant(tmp_path, datase
         assert k == k2 and torch.equal(v, v2)
 
 
+@pytest.mark.parametrize('arch', ['resnet18', 'resnet50'])
+def test_released_checkpoint_profiled_in_place_by_thop_loads(tmp_path, arch):
+    """The reference ran thop.profile on its model before training and saved model.state_dict():
+    thop's total_ops/total_params counters stay on every module it has no rule for."""
+    thop = pytest.importorskip('thop')
+    m = M.Model(feature_dim=16, dataset='stl10', arch=arch)
+    thop.profile(m, inputs=(torch.randn(1, 3, 64, 64),), verbose=False)
+    state = m.state_dict()
+    assert 'total_ops' in state and 'f.4.0.total_params' in state      # what the released files hold
+    backbone, _, found = M.load_backbone(save(state, tmp_path), 'stl10')
+    assert found == arch
+    for k, v in backbone.state_dict().items():
+        assert torch.equal(v, state[f'f.{k}'])
+
+
+def test_every_key_of_a_small_checkpoint_is_checked(tmp_path):
+    state = M.Model(feature_dim=8, dataset='cifar10', arch='resnet18').state_dict()
+    with pytest.raises(M.CheckpointError, match=r'unexpected keys: junk\.weight'):
+        M.load_backbone(save({**state, 'junk.weight': torch.zeros(3)}, tmp_path), 'cifar10')
+    bad_head = {**state, 'g.0.weight': torch.zeros(512, 99)}
+    with pytest.raises(M.CheckpointError, match=r'g\.0\.weight: checkpoint \(512, 99\) vs model \(512, 512\)'):
+        M.load_backbone(save(bad_head, tmp_path), 'cifar10')
+    no_bn = {k: v for k, v in state.items() if not k.startswith('g.1.')}
+    with pytest.raises(M.CheckpointError, match=r'missing keys: g\.1\.bias'):
+        M.load_backbone(save(no_bn, tmp_path), 'cifar10')
+    # a baseline's MLP projector (e.g. INTL 2048-2048-2048 here 64-64-32) and a backbone-only file load
+    mlp_head = M.Model(dataset='cifar10', arch='resnet18', projector='64-64-32').state_dict()
+    M.load_backbone(save(mlp_head, tmp_path), 'cifar10')
+    M.load_backbone(save({k: v for k, v in state.items() if k.startswith('f.')}, tmp_path), 'cifar10')
+
+
+def test_full_imagenet_checkpoint_heads_are_checked(tmp_path):
+    model = M.ImageNetModel(projector='64-64-32')
+    official = {f'module.{k}': v for k, v in model.state_dict().items()}
+    official.update({f'module.bn.{k}': v for k, v in torch.nn.BatchNorm1d(32, affine=False).state_dict().items()})
+    backbone, emb, _ = M.load_backbone(save({'epoch': 1, 'model': official}, tmp_path), 'imagenet')
+    assert emb == 2048 and torch.equal(backbone.state_dict()['conv1.weight'], model.backbone.conv1.weight)
+    with pytest.raises(M.CheckpointError, match=r'unexpected keys: module_extra\.w'):
+        M.load_backbone(save({'model': {**official, 'module.module_extra.w': torch.zeros(1)}}, tmp_path), 'imagenet')
+    broken = {k: v for k, v in official.items() if k != 'module.projector.3.weight'}
+    with pytest.raises(M.CheckpointError, match=r'projector'):
+        M.load_backbone(save({'model': broken}, tmp_path), 'imagenet')
+
+
 def test_load_backbone_accepts_training_state_and_torchvision_formats(tmp_path):
     m = M.Model(feature_dim=32, dataset='cifar10', arch='resnet18')
     backbone, _, _ = M.load_backbone(save({'epoch': 3, 'model': m.state_dict()}, tmp_path), 'cifar10')
@@ -117,7 +161,7 @@ def test_load_backbone_errors_name_the_problem(tmp_path):
     broken = dict(cifar18)
     del broken['f.4.1.bn2.weight']
     broken['f.9.extra'] = torch.zeros(1)
-    with pytest.raises(M.CheckpointError, match=r'missing keys: 4\.1\.bn2\.weight.*unexpected keys: 9\.extra'):
+    with pytest.raises(M.CheckpointError, match=r'missing keys: f\.4\.1\.bn2\.weight.*unexpected keys: f\.9\.extra'):
         M.load_backbone(save(broken, tmp_path), 'cifar10')
     with pytest.raises(M.CheckpointError, match='neither a small-data Model'):
         M.load_backbone(save({'encoder.weight': torch.zeros(2)}, tmp_path), 'cifar10')
