@@ -76,6 +76,15 @@ def not_found(name, root, detail=''):
     return DatasetNotFound(msg)
 
 
+def fetch_or_explain(name, root, fetch):
+    """Run torchvision's downloader `fetch()`; a failure (no network, a moved URL, a bad checksum)
+    becomes DatasetNotFound with what to do by hand."""
+    try:
+        fetch()
+    except Exception as e:
+        raise not_found(name, root, f'--download failed ({type(e).__name__}: {e})') from None
+
+
 @dataclass
 class ArrayData:
     """An in-memory image data set: uint8 images (N, H, W, 3) and int64 labels (-1: unlabeled)."""
@@ -100,7 +109,7 @@ def _existence_check(cls):
 def load_cifar(name, root, split, download=False):
     cls = _existence_check(torchvision.datasets.CIFAR10 if name == 'cifar10' else torchvision.datasets.CIFAR100)
     if download:
-        cls(root, train=True, download=True)
+        fetch_or_explain(name, root, lambda: cls(root, train=True, download=True))
     try:
         ds = cls(root, train=(split == 'train'), download=False)
     except RuntimeError as e:
@@ -119,7 +128,7 @@ class _STL10(torchvision.datasets.STL10):
 
 def load_stl10(root, split, download=False):
     if download:
-        torchvision.datasets.STL10(root, split='train', download=True)
+        fetch_or_explain('stl10', root, lambda: torchvision.datasets.STL10(root, split='train', download=True))
     try:
         ds = _STL10(root, split=split, download=False)
     except RuntimeError as e:
@@ -259,9 +268,10 @@ def grey_to_rgb(images, size):
 
 
 def load_fashionmnist(root, split, download=False):
-    if download:
-        torchvision.datasets.FashionMNIST(root, train=True, download=True)
-        torchvision.datasets.FashionMNIST(root, train=False, download=True)
+    prefix = 'train' if split == 'train' else 't10k'
+    if download and find_idx(fashion_mnist_folders(root), f'{prefix}-images-idx3-ubyte') is None:
+        fetch_or_explain('fashionmnist', root, lambda: [torchvision.datasets.FashionMNIST(root, train=t, download=True)
+                                                       for t in (True, False)])
     images, labels = load_mnist_like(fashion_mnist_folders(root), split, 'fashionmnist', root)
     return ArrayData(grey_to_rgb(images, SPECS['fashionmnist'].size), labels, list(FASHION_CLASSES))
 
@@ -287,8 +297,9 @@ def load(name, root='data', split='train', download=False, workers=0):
     if name == 'stl10':
         return load_stl10(root, split, download)
     if name == 'tiny_imagenet':
-        if download:
-            torchvision.datasets.utils.download_and_extract_archive(SPECS[name].url, root)
+        if download and not os.path.isdir(os.path.join(root, 'tiny-imagenet-200', 'train')):
+            fetch_or_explain(name, root, lambda: torchvision.datasets.utils.download_and_extract_archive(
+                SPECS[name].url, root))
         return load_tiny_imagenet(root, split, workers)
     if name == 'fashionmnist':
         return load_fashionmnist(root, split, download)

@@ -88,7 +88,9 @@ def get_args(argv=None):
     a('--learning-rate-weights', dest='lr_weights', default=0.2, type=float, help='ImageNet LARS lr (weights)')
     a('--learning-rate-biases', dest='lr_biases', default=0.0048, type=float, help='ImageNet LARS lr (biases, BN)')
     a('--image_size', default=224, type=int, help='ImageNet crop size')
-    a('--sync_bn', default=None, type=str2bool, help='SyncBatchNorm across processes (default: on for imagenet)')
+    a('--sync_bn', default=True, type=str2bool,
+      help='BatchNorm statistics over the global batch in multi-process runs, as one process would compute them '
+           '(false: per-process statistics, faster, not equal to one process)')
     a('--precision', default='auto', choices=['auto', 'fp32', 'bf16', 'fp16'],
       help='auto: bf16 on CUDA where supported (fp16 otherwise), fp32 on CPU')
     a('--channels_last', default=True, type=str2bool,
@@ -120,8 +122,6 @@ def resolve_args(args):
         args.optimizer = 'lars' if imagenet else 'adam'
     if args.weight_decay is None:
         args.weight_decay = 1e-6
-    if args.sync_bn is None:
-        args.sync_bn = imagenet
     if imagenet and args.projector is None:
         args.projector = '8192-8192-8192'
     for key, value in (('lr', 1e-3), ('lr_shed', 'step'), ('warmup_epochs', 10.0), ('warmup_steps', 0)):
@@ -249,11 +249,24 @@ def find_resume(path):
     return path
 
 
+# What a run is: changing these on --resume would continue a different experiment (or cannot load).
+RUN_IDENTITY = ('dataset', 'arch', 'feature_dim', 'method', 'projector', 'batch_size', 'num_views', 'optimizer',
+                'subset', 'image_size', 'lmbda', 'corr_neg_one', 'is_mixup', 'mixup_loss_scale', 'emb', 'head_size',
+                'tau', 'byol_tau', 'w_size', 'w_iter', 'w_eps', 'group', 'intl_iters')
+# Schedule and optimiser settings: a resumed run may change them on purpose (e.g. more --epochs); said aloud.
+RUN_SCHEDULE = ('epochs', 'lr', 'lr_shed', 'lr_weights', 'lr_biases', 'weight_decay', 'warmup_epochs', 'warmup_steps',
+                'mixup_warmup_epochs', 'seed')
+
+
 def check_resume_args(saved, args):
-    for key in ('dataset', 'arch', 'feature_dim', 'method', 'projector', 'batch_size'):
-        if key in saved and saved[key] != getattr(args, key):
-            raise CheckpointError(f'--resume: the run was trained with --{key} {saved[key]}, '
-                                  f'this command says {getattr(args, key)}')
+    """Error for a --resume whose command changes what the run is; the list of changed schedule
+    settings (printed) otherwise."""
+    differs = lambda key: key in saved and saved[key] != getattr(args, key, None)
+    changed = [f'--{k} {saved[k]} -> {getattr(args, k, None)}' for k in RUN_IDENTITY if differs(k)]
+    if changed:
+        raise CheckpointError('--resume: this command changes what the run is (' + ', '.join(changed) + '); '
+                              'resume with the run\'s own settings (args.json in its folder) or start a new run')
+    return [f'--{k} {saved[k]} -> {getattr(args, k, None)}' for k in RUN_SCHEDULE if differs(k)]
 
 
 def install_requeue_handler(state_path):
@@ -344,7 +357,7 @@ def main(argv=None):
     if saved is not None:
         if not isinstance(saved, dict) or 'model' not in saved or 'epoch' not in saved:
             raise CheckpointError(f'--resume: {resume_path} is not a training state written by main.py')
-        check_resume_args(saved.get('args', {}), args)
+        schedule_changes = check_resume_args(saved.get('args', {}), args)
     run_id = saved['run_id'] if saved else (args.run_name or D.broadcast_object(new_run_id()))
     run_dir = os.path.dirname(os.path.abspath(resume_path)) if saved else os.path.join(args.results_dir, run_id)
     prefix = run_prefix(args, run_id)
@@ -380,7 +393,8 @@ def main(argv=None):
         start_epoch, best, history = saved['epoch'], saved['best_acc'], saved['history']
         set_rng_state(saved['rng'])
         if D.is_main():
-            print(f'Resumed {run_dir} at epoch {start_epoch}')
+            print(f'Resumed {run_dir} at epoch {start_epoch}'
+                  + (f' with changed settings: {", ".join(schedule_changes)}' if schedule_changes else ''))
     del saved
 
     log = RunLog(run_dir, prefix, args, f'Barlow-Twins-MixUp-{args.dataset}-{args.arch}', run_id,
@@ -401,40 +415,43 @@ def main(argv=None):
     install_requeue_handler(state_path)
 
     backbone = model.f if not isinstance(model, ImageNetModel) else model.backbone
-    for epoch in range(start_epoch, args.epochs):
-        stats = train_one_epoch(args, epoch, ddp_method, method, optimizer, scaler, views_source, device, amp_dtype)
-        row = {'epoch': epoch + 1, **stats, 'knn_top1': None, 'knn_top5': None}
-        last = epoch + 1 == args.epochs
-        if memory is not None and ((args.knn_every and (epoch + 1) % args.knn_every == 0) or last):
-            top1, top5 = knn.knn_monitor(backbone, memory, test, spec.mean, spec.std, spec.num_classes, device,
-                                         k=args.k, temperature=args.temperature, autocast_dtype=amp_dtype,
-                                         channels_last=args.channels_last)
-            row.update(knn_top1=top1, knn_top5=top5)
-            if D.is_main() and (top1 > best['top1'] or not best['epoch']):  # the first evaluation always saves
-                best = {'top1': top1, 'top5': top5, 'epoch': epoch + 1}
-                atomic_save(model.state_dict(), model_path)
-        if D.is_main():
-            log.log(row)
-            knn_msg = f' kNN top1 {row["knn_top1"]:.2f} top5 {row["knn_top5"]:.2f}' if row['knn_top1'] is not None else ''
-            print(f'Epoch {epoch + 1}/{args.epochs} loss {stats["loss"]:.4f} lr {stats["lr"]:.2e} '
-                  f'{stats["images_per_s"]:.0f} img/s{knn_msg}', flush=True)
-            if args.save_every and (epoch + 1) % args.save_every == 0:
-                atomic_save(model.state_dict(), os.path.join(run_dir, f'{prefix}_model_{epoch + 1}.pth'))
-            if memory is None and last:
-                atomic_save(model.state_dict(), model_path)
-            atomic_save(training_state(epoch + 1, model, method, optimizer, scaler, best, log.history, args, run_id),
-                        state_path)
-        D.barrier()
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            stats = train_one_epoch(args, epoch, ddp_method, method, optimizer, scaler, views_source, device, amp_dtype)
+            row = {'epoch': epoch + 1, **stats, 'knn_top1': None, 'knn_top5': None}
+            last = epoch + 1 == args.epochs
+            if memory is not None and ((args.knn_every and (epoch + 1) % args.knn_every == 0) or last):
+                top1, top5 = knn.knn_monitor(backbone, memory, test, spec.mean, spec.std, spec.num_classes, device,
+                                             k=args.k, temperature=args.temperature, autocast_dtype=amp_dtype,
+                                             channels_last=args.channels_last)
+                row.update(knn_top1=top1, knn_top5=top5)
+                if D.is_main() and (top1 > best['top1'] or not best['epoch']):  # the first evaluation always saves
+                    best = {'top1': top1, 'top5': top5, 'epoch': epoch + 1}
+                    atomic_save(model.state_dict(), model_path)
+            if D.is_main():
+                log.log(row)
+                knn_msg = '' if row['knn_top1'] is None else f' kNN top1 {top1:.2f} top5 {top5:.2f}'
+                print(f'Epoch {epoch + 1}/{args.epochs} loss {stats["loss"]:.4f} lr {stats["lr"]:.2e} '
+                      f'{stats["images_per_s"]:.0f} img/s{knn_msg}', flush=True)
+                if args.save_every and (epoch + 1) % args.save_every == 0:
+                    atomic_save(model.state_dict(), os.path.join(run_dir, f'{prefix}_model_{epoch + 1}.pth'))
+                if memory is None and last:
+                    atomic_save(model.state_dict(), model_path)
+                atomic_save(training_state(epoch + 1, model, method, optimizer, scaler, best, log.history, args,
+                                           run_id), state_path)
+            D.barrier()
 
-    if D.is_main():
-        if isinstance(model, ImageNetModel):
-            # torchvision layout without fc: the released format (resnet50.pth by default)
-            atomic_save(plain_batchnorm(copy.deepcopy(model.backbone)).state_dict(),
-                        os.path.join(run_dir, f'{args.arch}.pth'))
-        if best['epoch']:
-            print(f'Best kNN top-1 {best["top1"]:.2f} (top-5 {best["top5"]:.2f}) at epoch {best["epoch"]}: {model_path}')
-        log.summary(best_knn_top1=best['top1'], best_knn_top5=best['top5'])
-    log.finish()
+        if D.is_main():
+            if isinstance(model, ImageNetModel):
+                # torchvision layout without fc: the released format (resnet50.pth by default)
+                atomic_save(plain_batchnorm(copy.deepcopy(model.backbone)).state_dict(),
+                            os.path.join(run_dir, f'{args.arch}.pth'))
+            if best['epoch']:
+                print(f'Best kNN top-1 {best["top1"]:.2f} (top-5 {best["top5"]:.2f}) at epoch {best["epoch"]}: '
+                      f'{model_path}')
+            log.summary(best_knn_top1=best['top1'], best_knn_top5=best['top5'])
+    finally:
+        log.finish()  # also when a non-finite loss or a kill stops the run: wandb keeps what it has
     return run_dir
 
 

@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 import augment
@@ -102,3 +103,22 @@ def test_missing_imagenet_names_path(tmp_path):
 def test_unknown_data_set_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match='unknown data set'):
         data.load('mnist10', str(tmp_path), 'train')
+
+
+@pytest.mark.parametrize('name,needle', [('cifar10', 'cifar-10-batches-py'), ('stl10', 'stl10_binary'),
+                                         ('tiny_imagenet', 'tiny-imagenet-200'), ('fashionmnist', 'FashionMNIST')])
+def test_download_without_network_is_a_clear_error(tmp_path, monkeypatch, name, needle):
+    import urllib.error
+    import torchvision.datasets.utils as tv_utils
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError('[Errno -3] Temporary failure in name resolution')
+    for module in (tv_utils, torchvision.datasets.cifar, torchvision.datasets.stl10, torchvision.datasets.mnist):
+        for fn in ('download_and_extract_archive', 'download_url'):
+            if hasattr(module, fn):
+                monkeypatch.setattr(module, fn, offline)
+    monkeypatch.setattr(data, 'FASHION_MNIST_SYSTEM_DIR', str(tmp_path / 'no-debian-package'))
+    with pytest.raises(data.DatasetNotFound) as e:
+        data.load(name, str(tmp_path), 'train', download=True)
+    message = str(e.value)
+    assert '--download failed (' in message and needle in message and str(tmp_path) in message

@@ -140,3 +140,32 @@ def test_corrupt_resume_checkpoint_is_a_clear_error(tmp_path, repo_root):
     torch.save({'f.0.weight': torch.zeros(1)}, bad)
     with pytest.raises(M.CheckpointError, match='not a training state written by main.py'):
         main.main(['--dataset', 'fashionmnist', '--resume', str(bad)])
+
+
+def test_resume_refuses_a_different_experiment_and_reports_schedule_changes(tmp_path, fashion_root, capsys):
+    common = ['--dataset', 'fashionmnist', '--data_root', fashion_root, '--subset', '16', '--knn_every', '0',
+              '--save_every', '0', '--results_dir', str(tmp_path), *FAST[:-4]]
+    run = main.main(common + ['--epochs', '1'])
+    with pytest.raises(M.CheckpointError, match=r'--lmbda 0\.0078125 -> 0\.005.*args\.json'):
+        main.main(common + ['--epochs', '2', '--resume', run, '--lmbda', '0.005'])
+    with pytest.raises(M.CheckpointError, match=r'--is_mixup True -> False'):
+        main.main(common + ['--epochs', '2', '--resume', run, '--is_mixup', 'false'])
+    capsys.readouterr()
+    assert main.main(common + ['--epochs', '2', '--resume', run]) == run
+    assert 'with changed settings: --epochs 1 -> 2' in capsys.readouterr().out
+
+
+def test_atomic_save_keeps_the_old_file_when_a_write_fails(tmp_path):
+    from utils import atomic_save
+
+    class FailsHalfway:
+        def __reduce__(self):
+            raise OSError('No space left on device')
+    path = tmp_path / 'last.pth'
+    atomic_save({'epoch': 1}, str(path))
+    with pytest.raises(OSError, match='No space left'):
+        atomic_save({'epoch': 2, 'broken': FailsHalfway()}, str(path))
+    assert torch.load(path) == {'epoch': 1} and os.listdir(tmp_path) == ['last.pth']  # no temporary file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # as open() would create it, not mkstemp's 0600
