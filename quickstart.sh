@@ -4,6 +4,7 @@
 # About 3-4 minutes on 2 CPU cores; on a GPU raise the subset and epochs (SUBSET=0: all).
 #   bash quickstart.sh                       # defaults below
 #   EPOCHS=20 SUBSET=0 bash quickstart.sh    # the whole training set
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"   # started with sh (dash): re-run with bash
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -21,9 +22,11 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ ! 
 fi
 
 subset=${SUBSET:-512}
+k=${K:-25}                 # kNN neighbours: with a 512-image memory bank, the default 200 would vote over 40% of it
 export EPOCHS=${EPOCHS:-3} BATCH_SIZE=${BATCH_SIZE:-128} WANDB_MODE=${WANDB_MODE:-offline}
 # --aug gpu: the views are made in batches on the training device (here the CPU), which
 # leaves both cores to the model; on a GPU it is the default anyway.
-# --k 25: with a 512-image memory bank, the default k=200 would vote over 40% of it.
-bash scripts-pretrain-resnet18/fashionmnist.sh --subset "$subset" --knn_every 1 --k 25 --aug gpu --workers 0 "${download[@]}" "$@"
-echo "Next: bash scripts-linear-resnet18/fashionmnist.sh   (linear probe of this run's best checkpoint)"
+bash scripts-pretrain-resnet18/fashionmnist.sh --subset "$subset" --knn_every 1 --k "$k" --aug gpu --workers 0 \
+  "${download[@]}" "$@"
+echo "Next: ${RESULTS_DIR:+PRETRAIN_DIR=$RESULTS_DIR }bash scripts-linear-resnet18/fashionmnist.sh" \
+  "  (linear probe of this run's best checkpoint)"

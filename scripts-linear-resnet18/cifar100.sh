@@ -3,6 +3,7 @@
 # Edit the variables below, or override any of them from the environment, e.g.
 #   EPOCHS=100 bash scripts-linear-resnet18/cifar100.sh
 # Extra flags are passed through to linear.py: bash scripts-linear-resnet18/cifar100.sh --seed 1
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"   # started with sh (dash): re-run with bash
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 

@@ -3,6 +3,7 @@
 # Edit the variables below, or override any of them from the environment, e.g.
 #   EPOCHS=100 bash scripts-pretrain-resnet50/imagenet.sh
 # Extra flags are passed through to main.py: bash scripts-pretrain-resnet50/imagenet.sh --seed 1
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"   # started with sh (dash): re-run with bash
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 
@@ -10,6 +11,7 @@ nproc=${NPROC:-8}                    # GPUs on this node (torchrun); use srun fo
 data_root=${DATA_ROOT:-$ROOT/data/imagenet}   # the folder with train/ and val/
 is_mixup=${IS_MIXUP:-true}
 lambda_mixup=${LAMBDA_MIXUP:-1.0}    # paper: 0 (BT) 71.3, 0.0025 70.9, 0.1 71.6, 1.0 72.2
+mixup_warmup_epochs=${MIXUP_WARMUP_EPOCHS:-10}   # linear warm-up of the mixup weight (the reference's ImageNet code)
 batch_size=${BATCH_SIZE:-1024}       # global: 128 per GPU on 8 GPUs
 epochs=${EPOCHS:-300}
 lr_w=${LR_W:-0.2}
@@ -20,6 +22,6 @@ results_dir=${RESULTS_DIR:-$ROOT/results/imagenet}
 run_name=${RUN_NAME:-mixbt_${lambda_mixup}_${epochs}ep}   # the same name resumes automatically
 
 launch "$nproc" "$ROOT/main.py" --dataset imagenet --data_root "$data_root" --arch resnet50 --is_mixup "$is_mixup" \
-  --lambda_mixup "$lambda_mixup" --mixup_warmup_epochs 10 --batch_size "$batch_size" --epochs "$epochs" \
-  --learning-rate-weights "$lr_w" --learning-rate-biases "$lr_b" --lambd "$lambd" --projector "$projector" \
-  --results_dir "$results_dir" --run_name "$run_name" "$@"
+  --lambda_mixup "$lambda_mixup" --mixup_warmup_epochs "$mixup_warmup_epochs" --batch_size "$batch_size" \
+  --epochs "$epochs" --learning-rate-weights "$lr_w" --learning-rate-biases "$lr_b" --lambd "$lambd" \
+  --projector "$projector" --results_dir "$results_dir" --run_name "$run_name" "$@"

@@ -12,21 +12,32 @@ launch() {
   fi
 }
 
-# require_checkpoint PATH: fail with the download instructions when PATH is missing.
+# require_checkpoint PATH [HINT]: fail with HINT (default: the download instructions) when PATH is missing.
 require_checkpoint() {
   if [ ! -f "$1" ]; then
-    local name; name=$(basename "$1")
-    local url; url=$(grep -o "https://[^ )]*${name}" "$ROOT/checkpoints/README.md" | head -n 1)
     echo "error: checkpoint $1 not found." >&2
-    if [ -n "$url" ]; then
-      echo "Download it into checkpoints/: bash scripts/download_checkpoints.sh $name   (or: wget -P checkpoints $url)" >&2
+    if [ -n "${2:-}" ]; then
+      echo "$2" >&2
+    else
+      local name; name=$(basename "$1")
+      local url; url=$(grep -o "https://[^ )]*${name}" "$ROOT/checkpoints/README.md" | head -n 1 || true)
+      if [ -n "$url" ]; then
+        echo "Download it into checkpoints/: bash scripts/download_checkpoints.sh $name   (or: wget -P checkpoints $url)" >&2
+      fi
+      echo "Or evaluate your own run: MODEL_PATH=results/<run>/<...>_model.pth bash $0" >&2
     fi
-    echo "Or evaluate your own run: MODEL_PATH=results/<run>/<...>_model.pth bash $0" >&2
     exit 1
   fi
 }
 
-# latest_run_model DATASET: the best-kNN model of the newest pretraining run on DATASET.
+# latest_run_model DIR DATASET: the best-kNN model (<run>_..._DATASET_model.pth) of the newest pretraining
+# run on DATASET in DIR, or nothing. Only main.py run folders count (they hold last.pth), so a linear or
+# transfer run folder (checkpoint.pth, results.json) can never be picked.
 latest_run_model() {
-  ls -t "${RESULTS_DIR:-$ROOT/results}"/*/*_"$1"_model.pth 2>/dev/null | head -n 1
+  local model newest=
+  for model in "$1"/*/*_"$2"_model.pth; do
+    [ -f "$model" ] && [ -f "$(dirname "$model")/last.pth" ] || continue
+    if [ -z "$newest" ] || [ "$model" -nt "$newest" ]; then newest=$model; fi
+  done
+  echo "$newest"
 }

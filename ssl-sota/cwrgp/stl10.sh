@@ -6,6 +6,7 @@
 #   500 warm-up steps, x0.2 at epochs E-50 and E-25.
 # Override any variable from the environment, e.g. EPOCHS=100 NPROC=2 bash ssl-sota/cwrgp/stl10.sh
 # Extra flags are passed through to main.py: bash ssl-sota/cwrgp/stl10.sh --seed 1
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"   # started with sh (dash): re-run with bash
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/common.sh"
 
@@ -23,11 +24,15 @@ w_size=${W_SIZE:-64}
 group=${GROUP:-4}
 w_iter=${W_ITER:-1}
 w_eps=${W_EPS:-0}
+optimizer=${OPTIMIZER:-adam}
+weight_decay=${WEIGHT_DECAY:-1e-6}
+lr_shed=${LR_SHED:-step}           # step (x0.2 at epochs E-50 and E-25), cosine
+warmup_steps=${WARMUP_STEPS:-500}
 data_root=${DATA_ROOT:-$ROOT/data}
 results_dir=${RESULTS_DIR:-$ROOT/results}
 
 launch "$nproc" "$ROOT/main.py" --method cwrgp --dataset "$dataset" --gpu "$gpu" --data_root "$data_root" \
   --results_dir "$results_dir" --arch "$arch" --epochs "$epochs" --batch_size "$batch_size" --lr "$lr" \
-  --num_views "$views" --emb "$emb" --head_size "$head_size" --w_size "$w_size" --group "$group" \
-  --w_iter "$w_iter" --w_eps "$w_eps" --optimizer adam --weight_decay 1e-6 --lr_shed step --warmup_steps 500 \
-  "$@"
+  --num_views "$views" --emb "$emb" --head_size "$head_size" --w_size "$w_size" --group "$group" --w_iter "$w_iter" \
+  --w_eps "$w_eps" --optimizer "$optimizer" --weight_decay "$weight_decay" --lr_shed "$lr_shed" \
+  --warmup_steps "$warmup_steps" "$@"

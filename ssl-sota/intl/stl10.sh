@@ -6,6 +6,7 @@
 #   lr 0.3 x batch/256 with 2 warm-up epochs, then cosine to 0.001x.
 # Override any variable from the environment, e.g. EPOCHS=100 NPROC=2 bash ssl-sota/intl/stl10.sh
 # Extra flags are passed through to main.py: bash ssl-sota/intl/stl10.sh --seed 1
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"   # started with sh (dash): re-run with bash
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/common.sh"
 
@@ -19,10 +20,13 @@ lr=${LR:-0.3}
 weight_decay=${WEIGHT_DECAY:-1e-4}
 projector=${PROJECTOR:-2048-2048-2048}
 iters=${ITERS:-4}
+optimizer=${OPTIMIZER:-sgd}
+lr_shed=${LR_SHED:-cosine}         # step, cosine
+warmup_epochs=${WARMUP_EPOCHS:-2}
 data_root=${DATA_ROOT:-$ROOT/data}
 results_dir=${RESULTS_DIR:-$ROOT/results}
 
 launch "$nproc" "$ROOT/main.py" --method intl --dataset "$dataset" --gpu "$gpu" --data_root "$data_root" \
   --results_dir "$results_dir" --arch "$arch" --epochs "$epochs" --batch_size "$batch_size" --lr "$lr" \
-  --weight_decay "$weight_decay" --projector "$projector" --intl_iters "$iters" --optimizer sgd \
-  --lr_shed cosine --warmup_epochs 2 "$@"
+  --weight_decay "$weight_decay" --projector "$projector" --intl_iters "$iters" --optimizer "$optimizer" \
+  --lr_shed "$lr_shed" --warmup_epochs "$warmup_epochs" "$@"

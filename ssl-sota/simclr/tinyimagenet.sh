@@ -6,6 +6,7 @@
 #   x0.2 at epochs E-50 and E-25 (the reference's ssl-sota/ copies this repository).
 # Override any variable from the environment, e.g. EPOCHS=100 NPROC=2 bash ssl-sota/simclr/tinyimagenet.sh
 # Extra flags are passed through to main.py: bash ssl-sota/simclr/tinyimagenet.sh --seed 1
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"   # started with sh (dash): re-run with bash
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/common.sh"
 
@@ -19,10 +20,14 @@ lr=${LR:-2e-3}
 emb=${EMB:-128}
 head_size=${HEAD_SIZE:-1024}
 tau=${TAU:-0.5}
+optimizer=${OPTIMIZER:-adam}
+weight_decay=${WEIGHT_DECAY:-1e-6}
+lr_shed=${LR_SHED:-step}           # step (x0.2 at epochs E-50 and E-25), cosine
+warmup_steps=${WARMUP_STEPS:-500}
 data_root=${DATA_ROOT:-$ROOT/data}
 results_dir=${RESULTS_DIR:-$ROOT/results}
 
 launch "$nproc" "$ROOT/main.py" --method simclr --dataset "$dataset" --gpu "$gpu" --data_root "$data_root" \
-  --results_dir "$results_dir" --arch "$arch" --epochs "$epochs" --batch_size "$batch_size" --lr "$lr" \
-  --emb "$emb" --head_size "$head_size" --tau "$tau" --optimizer adam --weight_decay 1e-6 --lr_shed step \
-  --warmup_steps 500 "$@"
+  --results_dir "$results_dir" --arch "$arch" --epochs "$epochs" --batch_size "$batch_size" --lr "$lr" --emb "$emb" \
+  --head_size "$head_size" --tau "$tau" --optimizer "$optimizer" --weight_decay "$weight_decay" --lr_shed "$lr_shed" \
+  --warmup_steps "$warmup_steps" "$@"
