@@ -127,12 +127,19 @@ def byol_loss(predictions, targets):
 def cholesky_whiten(x, eps=0.0):
     """W-MSE whitening of one batch (Ermolov et al. 2021; htdt/self-supervised
     methods/whitening.py `Whitening2d`): X_c = X - mean, S = X_cᵀX_c/(n-1) (D x D),
-    S' = (1-eps)·S + eps·I = LLᵀ (Cholesky), output X_c L⁻ᵀ, whose covariance is I."""
-    xc = x - x.mean(0)
-    cov = xc.T @ xc / (x.shape[0] - 1)
-    eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
-    chol = torch.linalg.cholesky((1 - eps) * cov + eps * eye)
-    return torch.linalg.solve_triangular(chol, xc.T, upper=False).T
+    S' = (1-eps)·S + eps·I = LLᵀ (Cholesky), output X_c L⁻ᵀ, whose covariance is I.
+    x: (..., n, D), every leading index a separate batch.
+
+    cholesky_ex, not cholesky: the latter checks its error code on the host, a GPU sync at
+    every call. A failed factorisation (S' not positive definite) is checked lazily instead:
+    it makes that batch's output NaN, and the trainer stops on the non-finite loss at its
+    next check."""
+    xc = x - x.mean(-2, keepdim=True)
+    cov = xc.mT @ xc / (x.shape[-2] - 1)
+    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+    chol, info = torch.linalg.cholesky_ex((1 - eps) * cov + eps * eye)
+    chol = torch.where((info == 0)[..., None, None], chol, torch.nan)
+    return torch.linalg.solve_triangular(chol, xc.mT, upper=False).mT
 
 
 def group_channel_whiten(x, shuffle, group, eps=0.0):
@@ -142,47 +149,54 @@ def group_channel_whiten(x, shuffle, group, eps=0.0):
     channels by `shuffle` (the random group partition) and split them into `group` groups
     of d = D/group; in group g, S_g = X_g X_gᵀ/(d-1) is N x N (over the batch), and the
     output is W_g X_g with W_g = S_g'^(-1/2) (ZCA, S_g' = (1-eps)S_g + eps·I), so that
-    every group's N x N matrix of the output is I; channels are put back in order."""
-    n, dim = x.shape
-    d = dim // group
-    xc = x - x.mean(1, keepdim=True)
-    xg = xc[:, shuffle].reshape(n, group, d).transpose(0, 1)                  # group x N x d
-    cov = xg @ xg.transpose(1, 2) / (d - 1)                                   # group x N x N
+    every group's N x N matrix of the output is I; channels are put back in order.
+    x: (..., N, D) and shuffle: (..., D), every leading index a separate batch. torch.linalg.eigh
+    checks its error codes on the host (a GPU sync per call, with no unchecked variant in
+    PyTorch): callers whiten all their batches in one call."""
+    n, dim = x.shape[-2:]
+    lead = x.shape[:-2]
+    xc = x - x.mean(-1, keepdim=True)
+    order = shuffle.unsqueeze(-2).expand(xc.shape)
+    xg = xc.gather(-1, order).view(*lead, n, group, dim // group).transpose(-3, -2)  # ... x group x N x d
+    cov = xg @ xg.mT / (dim // group - 1)                                             # ... x group x N x N
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
     eig, u = torch.linalg.eigh((1 - eps) * cov + eps * eye)
-    w = u @ torch.diag_embed(eig.rsqrt()) @ u.transpose(1, 2)
-    return (w @ xg).transpose(0, 1).reshape(n, dim)[:, torch.argsort(shuffle)]
+    w = (u * eig.rsqrt().unsqueeze(-2)) @ u.mT
+    out = (w @ xg).transpose(-3, -2).reshape(*lead, n, dim)
+    return out.gather(-1, torch.argsort(shuffle, dim=-1).unsqueeze(-2).expand(out.shape))
+
+
+def _stacked(nested):
+    """A tensor from a tensor or from (nested) lists of equal-shaped tensors."""
+    return nested if torch.is_tensor(nested) else torch.stack([_stacked(t) for t in nested])
 
 
 def _sub_batch_loss(views, perms, w_size, whiten):
     """Shared by W-MSE and CW-RGP (their `forward`): per permutation k of the global batch,
-    split it into sub-batches of w_size, whiten each view's sub-batch separately with
-    whiten(x, k, sub-batch index, view index), and average normalized_mse over the view
-    pairs i < j and the permutations (--w_iter)."""
-    views = [all_gather_grad(v) for v in views]
-    total = 0
-    for k, perm in enumerate(perms):
-        chunks, inverse = perm.view(-1, w_size), torch.argsort(perm)
-        white = [torch.cat([whiten(v[idx], k, c, i) for c, idx in enumerate(chunks)])[inverse]
-                 for i, v in enumerate(views)]
-        total = total + sum(normalized_mse(white[i], white[j])
-                            for i, j in itertools.combinations(range(len(views)), 2))
-    return total / (len(perms) * math.comb(len(views), 2))
+    split it into sub-batches of w_size, whiten each view's sub-batch separately, and average
+    normalized_mse over the view pairs i < j and the permutations (--w_iter). All the
+    sub-batches go to `whiten` at once, as a (views x perms x sub-batches x w_size x D)
+    tensor; the rows stay permuted, which changes no pair of rows and no mean."""
+    x = all_gather_grad(torch.stack(views, 1)).transpose(0, 1)                # V x N x D (global)
+    perms = _stacked(perms)                                                   # K x N
+    white = whiten(x[:, perms].unflatten(2, (-1, w_size)))                    # V x K x C x w x D
+    pairs = list(itertools.combinations(range(len(views)), 2))
+    return sum(normalized_mse(white[i], white[j]) for i, j in pairs) / len(pairs)
 
 
 def wmse_loss(views, perms, w_size, eps=0.0):
     """W-MSE (htdt/self-supervised methods/w_mse.py): normalised MSE between the views'
     embeddings after `cholesky_whiten` of each sub-batch of w_size (global) samples, over
     the random permutations `perms` (one per --w_iter, each a permutation of the global batch)."""
-    return _sub_batch_loss(views, perms, w_size, lambda x, k, c, i: cholesky_whiten(x, eps))
+    return _sub_batch_loss(views, perms, w_size, lambda x: cholesky_whiten(x, eps))
 
 
 def cwrgp_loss(views, perms, shuffles, w_size, group, eps=0.0):
     """CW-RGP (winci-ai/CW-RGP base/methods/cwrgp.py): as W-MSE, but each view's sub-batch is
     `group_channel_whiten`ed with its own random channel permutation shuffles[k][c][i]
-    (permutation k, sub-batch c, view i)."""
-    return _sub_batch_loss(views, perms, w_size,
-                           lambda x, k, c, i: group_channel_whiten(x, shuffles[k][c][i], group, eps))
+    (permutation k, sub-batch c, view i; a K x C x V x D tensor or nested lists)."""
+    shuffles = _stacked(shuffles).permute(2, 0, 1, 3)                        # V x K x C x D, as the sub-batches
+    return _sub_batch_loss(views, perms, w_size, lambda x: group_channel_whiten(x, shuffles, group, eps))
 
 
 def iterative_normalization(x, iters=4):

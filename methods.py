@@ -30,7 +30,24 @@ class Progress:
 
 
 def upcast(z):
+    """Half precision (autocast's output) raised to float32; float32 and float64 kept as they are."""
     return z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+
+
+def full_precision(z):
+    """Autocast off, around the loss of every method: the embeddings are upcast (`upcast`), but
+    inside the trainer's autocast the loss's matmuls (cross-correlations, covariances,
+    whitening) would run in bf16/fp16 again; batch statistics need float32."""
+    return torch.autocast(z.device.type, enabled=False)
+
+
+def to_device(t, device):
+    """A host-to-device copy that does not stall the host: a pageable `.to('cuda')` waits for
+    all the GPU work queued before it (a per-step sync); pinned memory + non_blocking does not
+    (the caching host allocator keeps the pinned buffer alive until the copy is done)."""
+    if device.type != 'cuda':
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 class Method(nn.Module):
@@ -51,7 +68,8 @@ class Method(nn.Module):
         set_bn_views(self.model, self.embedding_views() if self.fuse_views else 1)
 
     def embed(self, views, model=None):
-        """Projector outputs of each view; half precision (autocast) is raised to float32 for the loss."""
+        """Projector outputs of each view; half precision (autocast) is raised to float32 for the
+        loss, which then runs outside autocast (`full_precision`)."""
         model = self.model if model is None else model
         if self.fuse_views and len(views) > 1:
             return [upcast(z) for z in model(torch.cat(views))[1].chunk(len(views))]
@@ -65,7 +83,8 @@ class Method(nn.Module):
 class BarlowTwins(Method):
     """Barlow Twins / HSIC (--corr_neg_one) with the optional Mix-BT regulariser.
 
-    loss = L_BT + s * lmbda * (||C_ma - C_ma_gt||^2 + ||C_mb - C_mb_gt||^2), REFERENCE.md 1.
+    loss = L_BT + s * lmbda * (||C_ma - C_ma_gt||^2 + ||C_mb - C_mb_gt||^2), REFERENCE.md 1,
+    computed in float32 (or the model's float64) outside autocast (`full_precision`).
     alpha ~ Beta(1, 1) is drawn from a generator seeded identically on every rank (so all
     ranks mix with the same alpha, with no communication); the permutation is per rank.
     """
@@ -92,17 +111,19 @@ class BarlowTwins(Method):
 
     def forward(self, views, progress=None):
         xa, xb = views[0], views[1]
-        if not self.is_mixup:
-            za, zb = [losses.standardize(z) for z in self.embed([xa, xb])]
+        if self.is_mixup:
+            alpha, perm = self.draw_mixup(xa.shape[0], xa.device)
+            z = self.embed([xa, xb, alpha * xa + (1 - alpha) * xb[perm]])
+        else:
+            z = self.embed([xa, xb])
+        with full_precision(z[0]):
+            za, zb, *zm = [losses.standardize(v) for v in z]
             loss_bt = losses.barlow_twins_loss(losses.cross_correlation(za, zb), self.lmbda, self.corr_neg_one)
-            return loss_bt, {'loss_bt': loss_bt, 'loss_mix': torch.zeros_like(loss_bt)}
-        alpha, perm = self.draw_mixup(xa.shape[0], xa.device)
-        xm = alpha * xa + (1 - alpha) * xb[perm]
-        za, zb, zm = [losses.standardize(z) for z in self.embed([xa, xb, xm])]
-        loss_bt = losses.barlow_twins_loss(losses.cross_correlation(za, zb), self.lmbda, self.corr_neg_one)
-        reg = losses.mixup_regulariser(zm, za, zb, perm, alpha)
-        loss_mix = self.mixup_scale(progress) * self.lmbda * reg
-        return loss_bt + loss_mix, {'loss_bt': loss_bt, 'loss_mix': loss_mix}
+            if not self.is_mixup:
+                return loss_bt, {'loss_bt': loss_bt, 'loss_mix': torch.zeros_like(loss_bt)}
+            reg = losses.mixup_regulariser(zm[0], za, zb, perm, alpha)
+            loss_mix = self.mixup_scale(progress) * self.lmbda * reg
+            return loss_bt + loss_mix, {'loss_bt': loss_bt, 'loss_mix': loss_mix}
 
     def draw_mixup(self, n, device):
         """alpha ~ Beta(1, 1), the same on every rank; a permutation of this rank's n samples."""
@@ -130,9 +151,11 @@ class Baseline(Method):
     separately (per-view BatchNorm, fused into one forward); the head sees either each view
     separately (BYOL, INTL) or all views at once with joint BatchNorm statistics (`joint_head`:
     the originals' SimCLR, W-MSE and CW-RGP call head(torch.cat(h))). The losses run in
-    float32 outside autocast (whitening in bf16 is not whitening). `rng` draws the sub-batch
-    and channel permutations: seeded alike on every rank, so all ranks draw the same ones
-    without communicating; its state is saved with the method (get_extra_state)."""
+    float32 outside autocast (`full_precision`; whitening in bf16 is not whitening). `rng`, a
+    CPU generator, draws the sub-batch and channel permutations: seeded alike on every rank,
+    so all ranks draw the same ones without communicating; its state is saved with the method
+    (get_extra_state). A step's permutations go to the device in one non-blocking copy
+    (`to_device`), so drawing them never makes the host wait for the GPU."""
     joint_head = False
     log_keys = ()
 
@@ -150,15 +173,12 @@ class Baseline(Method):
             set_bn_views(head_of(self.model), 1)
 
     def head_outputs(self, views, model=None):
-        """Un-normalised head outputs g(f(x)) of each view, in float32."""
+        """Un-normalised head outputs g(f(x)) of each view, in float32 (float64 for a float64 model)."""
         model = self.model if model is None else model
         head = head_of(model)
         h = model.features(torch.cat(views)) if self.fuse_views else torch.cat([model.features(v) for v in views])
         z = head(h) if self.fuse_views or self.joint_head else torch.cat([head(c) for c in h.chunk(len(views))])
-        return list(z.float().chunk(len(views)))
-
-    def full_precision(self, z):
-        return torch.autocast(z.device.type, enabled=False)
+        return list(upcast(z).chunk(len(views)))
 
     def get_extra_state(self):
         return {'rng': self.rng.get_state()}
@@ -180,8 +200,8 @@ class SimCLR(Baseline):
         self.configure_bn()
 
     def forward(self, views, progress=None):
-        z = self.bn_last(torch.cat(self.head_outputs(views))).float()
-        with self.full_precision(z):
+        z = upcast(self.bn_last(torch.cat(self.head_outputs(views))))
+        with full_precision(z):
             return losses.nt_xent(z.chunk(len(views)), self.tau), {}
 
 
@@ -208,8 +228,8 @@ class BYOL(Baseline):
         p = self.predictor(torch.cat(z)).chunk(len(views)) if self.fuse_views else [self.predictor(x) for x in z]
         with torch.no_grad():
             targets = self.head_outputs(views, self.target)
-        with self.full_precision(z[0]):
-            return losses.byol_loss([x.float() for x in p], targets), {}
+        with full_precision(z[0]):
+            return losses.byol_loss([upcast(x) for x in p], targets), {}
 
     def target_tau(self, progress):
         return 1 - (1 - self.byol_tau) * (math.cos(math.pi * progress.epoch / progress.epochs) + 1) / 2
@@ -223,7 +243,13 @@ class BYOL(Baseline):
 
 class WMSE(Baseline):
     """W-MSE: losses.wmse_loss on the head outputs, whitened in sub-batches of --w_size samples
-    of the global batch, --w_iter random permutations per step (drawn from `rng`)."""
+    of the global batch, --w_iter random permutations per step (drawn from `rng`).
+
+    A Cholesky factorisation that fails (covariance not positive definite) is not checked at
+    each step (checking is a host sync on CUDA): losses.cholesky_whiten turns it into a NaN
+    loss, which the trainer's periodic finiteness check stops on. The one predictable cause,
+    a sub-batch too small for the embedding (w_size <= emb with w_eps 0: the covariance is
+    singular), is refused up front."""
     joint_head = True
 
     def __init__(self, model, w_size=128, w_iter=1, w_eps=0.0, n_views=2, seed=0, fuse_views=True):
@@ -240,14 +266,22 @@ class WMSE(Baseline):
     def forward(self, views, progress=None):
         z = self.head_outputs(views)
         n, _ = self.sub_batches(z[0])
-        perms = [torch.randperm(n, generator=self.rng).to(z[0].device) for _ in range(self.w_iter)]
-        with self.full_precision(z[0]):
+        if self.w_eps == 0 and self.w_size <= z[0].shape[1]:
+            raise ValueError(f'--w_size {self.w_size} must exceed the embedding size {z[0].shape[1]} '
+                             '(or set --w_eps > 0): the covariance of a sub-batch is singular')
+        perms = to_device(torch.stack([torch.randperm(n, generator=self.rng) for _ in range(self.w_iter)]),
+                          z[0].device)
+        with full_precision(z[0]):
             return losses.wmse_loss(z, perms, self.w_size, self.w_eps), {}
 
 
 class CWRGP(WMSE):
     """CW-RGP: as W-MSE, with losses.cwrgp_loss: channel whitening in --group groups, a fresh
-    random channel permutation for every (permutation, sub-batch, view), drawn from `rng`."""
+    random channel permutation for every (permutation, sub-batch, view), drawn from `rng`, in
+    the order of the original loops. All of a step's permutations travel in one copy. One
+    host sync per step remains on CUDA: the eigendecomposition (torch.linalg.eigh, one batched
+    call for all sub-batches, views and groups) checks its error codes on the host, and
+    PyTorch has no unchecked variant."""
 
     def __init__(self, model, w_size=64, w_iter=1, w_eps=0.0, group=4, n_views=2, seed=0, fuse_views=True):
         super().__init__(model, w_size, w_iter, w_eps, n_views, seed, fuse_views)
@@ -259,12 +293,15 @@ class CWRGP(WMSE):
         dim, device = z[0].shape[1], z[0].device
         if dim % self.group:
             raise ValueError(f'--group {self.group} must divide the embedding size {dim}')
-        perms, shuffles = [], []
+        per_perm = chunks * len(views)  # channel permutations per sub-batch permutation
+        drawn = []
         for _ in range(self.w_iter):
-            perms.append(torch.randperm(n, generator=self.rng).to(device))
-            shuffles.append([[torch.randperm(dim, generator=self.rng).to(device) for _ in views]
-                             for _ in range(chunks)])
-        with self.full_precision(z[0]):
+            drawn.append(torch.randperm(n, generator=self.rng))
+            drawn.append(torch.cat([torch.randperm(dim, generator=self.rng) for _ in range(per_perm)]))
+        parts = to_device(torch.cat(drawn), device).split([n, per_perm * dim] * self.w_iter)
+        perms = torch.stack(parts[0::2])                                                     # [k]
+        shuffles = torch.stack(parts[1::2]).view(self.w_iter, chunks, len(views), dim)        # [k][c][i]
+        with full_precision(z[0]):
             return losses.cwrgp_loss(z, perms, shuffles, self.w_size, self.group, self.w_eps), {}
 
 
@@ -279,7 +316,7 @@ class INTL(Baseline):
 
     def forward(self, views, progress=None):
         z = self.head_outputs(views)
-        with self.full_precision(z[0]):
+        with full_precision(z[0]):
             return losses.intl_loss(z, self.iters), {}
 
 

@@ -33,6 +33,7 @@ import gpu_augment  # noqa: E402
 import main  # noqa: E402
 from methods import build_method  # noqa: E402
 from model import build_model, plain_batchnorm  # noqa: E402
+from utils import autocast_dtype  # noqa: E402
 
 
 def get_args(argv=None):
@@ -63,6 +64,26 @@ def get_args(argv=None):
 def sync(device):
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
+
+
+def setup_device(name):
+    """torch.device of --device; on CUDA with an explicit index (torch.cuda.set_device refuses a
+    bare 'cuda'), made current, with main.py's cuDNN/TF32 settings."""
+    device = torch.device(name)
+    if device.type == 'cuda':
+        if device.index is None:
+            device = torch.device('cuda', torch.cuda.current_device())
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def mixed_precision(targs, device):
+    """(autocast dtype or None, GradScaler or None) for main.py's --precision, as main.main picks them."""
+    amp_dtype = autocast_dtype(targs.precision, device)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    return amp_dtype, scaler
 
 
 def training_set(args, n):
@@ -140,9 +161,8 @@ def training_rate(args, train, device, ours):
     method.to(device)
     if targs.channels_last:
         method.to(memory_format=torch.channels_last)
-    optimizer = main.build_optimizer(targs, model)
-    amp_dtype = main.autocast_dtype(targs, device)
-    scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
+    optimizer = main.build_optimizer(targs, method)  # as main.main: the method's own parameters too
+    amp_dtype, scaler = mixed_precision(targs, device)
     runner = torch.compile(method) if ours and args.compile else method
     timed = Timed(main.build_train_views(targs, train, method.n_views, device), args.warmup, device)
     main.train_one_epoch(targs, 0, runner, method, optimizer, scaler, timed, device, amp_dtype)
@@ -158,11 +178,7 @@ def run(argv=None):
     args = get_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == 'cuda':
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    device = setup_device(args.device)
     train, described = training_set(args, args.batch_size * (args.warmup + args.steps))
     out = {'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
            'torch': torch.__version__, 'threads': torch.get_num_threads(), 'dataset': args.dataset, 'data': described,

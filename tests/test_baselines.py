@@ -132,6 +132,17 @@ def test_cholesky_whitening_output_has_identity_covariance():
     torch.testing.assert_close(z, naive_cholesky_whiten(x, 0.0))
 
 
+def test_failed_cholesky_gives_nan_instead_of_a_per_step_host_check():
+    """cholesky_ex is not checked on the host (a GPU sync); a covariance that is not positive
+    definite (4 samples in 6 dimensions) makes the whitening, so the loss, NaN: the trainer's
+    finiteness check stops the run."""
+    x = randn(4, 6, seed=5)
+    z = losses.cholesky_whiten(x)
+    assert torch.isnan(z).all()
+    z.sum().backward()
+    assert torch.isnan(x.grad).all()
+
+
 @pytest.mark.parametrize('count,w_iter,eps', [(2, 1, 0.0), (4, 2, 1e-2)])
 def test_wmse_loss_matches_naive_formula(count, w_iter, eps):
     g = torch.Generator().manual_seed(count)
@@ -284,22 +295,43 @@ def test_byol_target_gets_no_gradients_and_follows_the_ema_formula():
         assert torch.equal(t, old * tau + s * (1 - tau))
 
 
-@pytest.mark.parametrize('name', ['simclr', 'byol', 'intl'])
+FUSE_CASES = {
+    'simclr': lambda m, fuse: methods.SimCLR(m, 6, fuse_views=fuse),
+    'byol': lambda m, fuse: methods.BYOL(m, 6, 8, fuse_views=fuse),
+    'intl': lambda m, fuse: methods.INTL(m, fuse_views=fuse),
+    'wmse': lambda m, fuse: methods.WMSE(m, w_size=3, w_iter=2, w_eps=0.1, fuse_views=fuse),
+    'cwrgp': lambda m, fuse: methods.CWRGP(m, w_size=3, w_iter=2, w_eps=0.1, group=2, fuse_views=fuse),
+}
+
+
+@pytest.mark.parametrize('name', sorted(FUSE_CASES))
 def test_fused_views_equal_view_by_view_forwards(name):
-    """One forward over all views with per-view BatchNorm (and the joint head of SimCLR) gives the
-    loss of the originals' separate forwards."""
+    """One forward over all views with per-view BatchNorm (and the joint head of SimCLR, W-MSE,
+    CW-RGP) gives the loss and every parameter gradient of the originals' separate forwards
+    (float64; W-MSE and CW-RGP draw the same permutations from the same generator state)."""
     torch.manual_seed(1)
-    build = {'simclr': lambda m, fuse: methods.SimCLR(m, 6, fuse_views=fuse),
-             'byol': lambda m, fuse: methods.BYOL(m, 6, 8, fuse_views=fuse),
-             'intl': lambda m, fuse: methods.INTL(m, fuse_views=fuse)}[name]
-    fused = build(TinyModel(), True)
-    separate = build(TinyModel(), False)
+    fused = FUSE_CASES[name](TinyModel(), True).double()
+    separate = FUSE_CASES[name](TinyModel(), False).double()
     separate.load_state_dict(fused.state_dict())
-    x = images(count=3)
+    separate.rng.set_state(fused.rng.get_state())
+    x = [v.double() for v in images(count=3)]
     fused.n_views = separate.n_views = 3
     fused.configure_bn()
     separate.configure_bn()
-    torch.testing.assert_close(fused(x)[0], separate(x)[0])
+    losses_ = []
+    for method in (fused, separate):
+        loss, _ = method(x)
+        loss.backward()
+        losses_.append(loss)
+    torch.testing.assert_close(losses_[0], losses_[1])
+    assert torch.equal(fused.rng.get_state(), separate.rng.get_state())  # drew the same number
+    grads = {n: p.grad for n, p in separate.named_parameters()}
+    assert any(g is not None for g in grads.values())
+    for n, p in fused.named_parameters():
+        if p.grad is None:
+            assert grads[n] is None, n
+        else:
+            torch.testing.assert_close(p.grad, grads[n], msg=n)
 
 
 def test_method_rng_is_part_of_the_saved_state():
@@ -315,6 +347,13 @@ def test_method_rng_is_part_of_the_saved_state():
 def test_w_size_must_divide_the_batch():
     with pytest.raises(ValueError, match='--w_size 4 must divide'):
         methods.WMSE(TinyModel(), w_size=4)(images(n=6))
+
+
+def test_w_mse_refuses_sub_batches_with_a_singular_covariance():
+    """w_size <= emb with w_eps 0: the Cholesky factorisation cannot succeed; said at once."""
+    with pytest.raises(ValueError, match='--w_size 6 must exceed the embedding size 6'):
+        methods.WMSE(TinyModel(emb=6), w_size=6)(images(n=6))
+    methods.WMSE(TinyModel(emb=6), w_size=6, w_eps=0.1)(images(n=6))  # shrinkage makes it definite
 
 
 # ---------------------------------------------------------------------------- defaults
