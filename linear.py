@@ -22,7 +22,7 @@ import data as datasets
 import distributed as D
 from model import CheckpointError, load_backbone
 from probe import Probe, extract_features, feature_batches, fit, open_run
-from utils import autocast_dtype, run_command, seed_everything
+from utils import autocast_dtype, grad_scaler, run_command, seed_everything
 
 SIMCLR_SUBSETS = 'https://raw.githubusercontent.com/google-research/simclr/master/imagenet_subsets/{}percent.txt'
 
@@ -36,7 +36,10 @@ def get_args(argv=None):
     a('--batch_size', '--batch-size', default=None, type=int, help='default 512 (ImageNet: 256)')
     a('--epochs', default=None, type=int, help='default 200 (ImageNet: 100)')
     a('--data_root', default='data')
-    a('--results_dir', '--checkpoint-dir', default=os.path.join('results', 'linear'))
+    a('--results_dir', '--checkpoint-dir', default=os.path.join('results', 'linear'), help='run folders are made here')
+    a('--run_name', default=None,
+      help='fixed run folder name under --results_dir; a run restarted with the same name continues from its '
+           'checkpoint.pth automatically (default on SLURM: slurm<job id>_<run>, so a requeued job continues)')
     a('--seed', default=0, type=int)
     a('--workers', default=min(8, os.cpu_count() or 1), type=int)
     a('--gpu', default=0, type=int, help='CUDA device of a single-process run (-1: CPU)')
@@ -48,7 +51,8 @@ def get_args(argv=None):
     a('--precision', default='auto', choices=['auto', 'fp32', 'bf16', 'fp16'])
     # ImageNet (official evaluate.py flags)
     a('--weights', default='freeze', choices=['freeze', 'finetune'])
-    a('--train-percent', dest='train_percent', default=100, type=int, choices=[100, 10, 1])
+    # '--train-perc' is how the official README spells it (its parser allows abbreviations; ours does not)
+    a('--train-percent', '--train-perc', dest='train_percent', default=100, type=int, choices=[100, 10, 1])
     a('--train-files', dest='train_files', default=None,
       help='SimCLR subset list for --train-percent 1/10: local file or URL (default: its public URL)')
     a('--lr-backbone', dest='lr_backbone', default=0.0, type=float)
@@ -63,6 +67,11 @@ def get_args(argv=None):
     args.weight_decay = args.weight_decay if args.weight_decay is not None else (1e-6 if imagenet else 5e-6)
     if args.weights == 'finetune' and not imagenet:
         raise SystemExit('error: --weights finetune is the ImageNet semi-supervised protocol (--dataset imagenet)')
+    if args.train_percent != 100 and not imagenet:
+        raise SystemExit('error: --train-percent 1/10 selects the SimCLR ImageNet subsets (--dataset imagenet)')
+    if args.train_files and args.train_percent == 100:
+        raise SystemExit('error: --train-files is the subset list of --train-percent 1 or 10; with --train-percent 100 '
+                         'the whole training set is used (give --train-percent too)')
     return args
 
 
@@ -99,12 +108,17 @@ def frozen_probe(args, *, backbone, emb, num_classes, train_ds, train_is_augment
     if fc_init is not None:
         fc_init(probe.fc)
     probe.to(device)
-    run_dir, run_id, saved, log = open_run(args, prefix, project, args.resume, wandb_group, wandb_name)
+    run_dir, run_id, saved, log = open_run(args, prefix, project, wandb_group, wandb_name)
     if D.is_main():
         print(f'Run folder: {run_dir}')
-    test_f, test_y = extract_features(probe.backbone, test_ds, device, args.batch_size, args.workers, amp, 'test features')
     optimizer = optimizer_fn(probe.fc.parameters())
     scheduler = scheduler_fn(optimizer)
+    if saved is not None and saved['epoch'] >= args.epochs:  # finished already (a requeued job): report only
+        no_batches = lambda *_: iter(())
+        return fit(args, probe=probe, ddp_train=probe, train_batches=no_batches, test_forward=probe.fc,
+                   test_batches=no_batches, optimizer=optimizer, scheduler=scheduler, device=device, log=log,
+                   run_dir=run_dir, run_id=run_id, saved=saved, amp_dtype=amp)
+    test_f, test_y = extract_features(probe.backbone, test_ds, device, args.batch_size, args.workers, amp, 'test features')
     test_batches = lambda: feature_batches(test_f, test_y, args.batch_size)
     if train_is_augmented:
         train_batches, steps = image_batches(train_ds, args, device)
@@ -117,12 +131,12 @@ def frozen_probe(args, *, backbone, emb, num_classes, train_ds, train_is_augment
         ddp_train = wrap_ddp(probe.fc, device)
     return fit(args, probe=probe, ddp_train=ddp_train, train_batches=train_batches, test_forward=probe.fc,
                test_batches=test_batches, optimizer=optimizer, scheduler=scheduler, device=device, log=log,
-               run_dir=run_dir, run_id=run_id, saved=saved, amp_dtype=amp, steps_per_epoch=steps)
+               run_dir=run_dir, run_id=run_id, saved=saved, amp_dtype=amp, steps_per_epoch=steps,
+               scaler=grad_scaler(amp, device))
 
 
-def subset_list(args):
-    """File names of the SimCLR 1% / 10% ImageNet subsets, from --train-files (path or URL)."""
-    source = args.train_files or SIMCLR_SUBSETS.format(args.train_percent)
+def read_subset_list(source, percent):
+    """File names in a SimCLR 1% / 10% ImageNet subset list (a local file or a URL)."""
     if os.path.isfile(source):
         with open(source) as f:
             return [line.strip() for line in f if line.strip()]
@@ -132,9 +146,43 @@ def subset_list(args):
                 return [line.decode().strip() for line in r.readlines() if line.strip()]
         except OSError as e:
             raise FileNotFoundError(
-                f'could not download the {args.train_percent}% subset list from {source} ({e}). Download it '
-                f'where the network allows and pass --train-files /path/to/{args.train_percent}percent.txt') from None
+                f'could not download the {percent}% subset list from {source} ({e}). Download it '
+                f'where the network allows and pass --train-files /path/to/{percent}percent.txt') from None
     raise FileNotFoundError(f'--train-files {source}: no such file')
+
+
+def subset_list(args):
+    """The subset list of --train-percent 1/10 (--train-files, default the SimCLR URL). Rank 0
+    reads or downloads it once and sends it to the other ranks (the error too, so that no rank
+    waits for a list that never comes)."""
+    source = args.train_files or SIMCLR_SUBSETS.format(args.train_percent)
+    names, error = None, None
+    if D.is_main():
+        try:
+            names = read_subset_list(source, args.train_percent)
+        except FileNotFoundError as e:
+            error = str(e)
+    names, error = D.broadcast_object((names, error))
+    if error:
+        raise FileNotFoundError(error)
+    if not names:
+        raise FileNotFoundError(f'the {args.train_percent}% subset list {source} is empty')
+    return names
+
+
+def subset_samples(train_ds, names, percent):
+    """The ImageFolder samples of the listed files (SimCLR format: <wnid>_<number>.JPEG, class =
+    wnid), in list order. Every listed file must be an image of the training folder: checked
+    for the whole list up front, not discovered by a worker in the middle of an epoch."""
+    prefix = os.path.join(train_ds.root, '')
+    present = {path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, train_ds.root): (path, target)
+               for path, target in train_ds.samples}
+    wanted = [os.path.join(name.split('_')[0], name) for name in names]
+    missing = [name for name, rel in zip(names, wanted) if rel not in present]
+    if missing:
+        raise FileNotFoundError(f'{len(missing)} of the {len(names)} files of the {percent}% subset list are not '
+                                f'images in {train_ds.root}, e.g. {", ".join(missing[:5])}')
+    return [present[rel] for rel in wanted]
 
 
 def imagenet_eval(args, device, amp):
@@ -144,13 +192,9 @@ def imagenet_eval(args, device, amp):
     train_ds = datasets.imagenet_folder(args.data_root, 'train', train_tf)
     val_ds = datasets.imagenet_folder(args.data_root, 'val', augment.eval_transform('imagenet', args.image_size))
     if args.train_percent in (1, 10):
-        root = os.path.join(args.data_root, 'train')
-        names = subset_list(args)
-        missing = [n for n in names[:5] if n.split('_')[0] not in train_ds.class_to_idx]
-        if missing:
-            raise FileNotFoundError(f'subset list names classes absent from {root}: {missing}')
-        train_ds.samples = [(os.path.join(root, n.split('_')[0], n), train_ds.class_to_idx[n.split('_')[0]])
-                            for n in names]
+        train_ds.samples = subset_samples(train_ds, subset_list(args), args.train_percent)
+        train_ds.targets = [t for _, t in train_ds.samples]
+        train_ds.imgs = train_ds.samples
     if args.subset:
         train_ds = torch.utils.data.Subset(train_ds, range(min(args.subset, len(train_ds))))
         val_ds = torch.utils.data.Subset(val_ds, range(min(args.subset, len(val_ds))))
@@ -177,7 +221,7 @@ def imagenet_eval(args, device, amp):
     probe = Probe(backbone, emb, 1000, freeze=False)
     fc_init(probe.fc)
     probe.to(device)
-    run_dir, run_id, saved, log = open_run(args, f'{stem}_semisup{args.train_percent}', project, args.resume)
+    run_dir, run_id, saved, log = open_run(args, f'{stem}_semisup{args.train_percent}', project)
     optimizer = optimizer_fn(probe.fc.parameters(), probe.backbone.parameters())
     scheduler = scheduler_fn(optimizer)
     train_batches, steps = image_batches(train_ds, args, device)
@@ -185,7 +229,8 @@ def imagenet_eval(args, device, amp):
     ddp = wrap_ddp(probe, device)
     return fit(args, probe=probe, ddp_train=ddp, train_batches=train_batches, test_forward=probe,
                test_batches=lambda: val_batches(0), optimizer=optimizer, scheduler=scheduler, device=device, log=log,
-               run_dir=run_dir, run_id=run_id, saved=saved, amp_dtype=amp, steps_per_epoch=steps)
+               run_dir=run_dir, run_id=run_id, saved=saved, amp_dtype=amp, steps_per_epoch=steps,
+               scaler=grad_scaler(amp, device))
 
 
 def small_eval(args, device, amp):

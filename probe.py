@@ -5,6 +5,10 @@ A frozen backbone stays in eval mode, so its BatchNorm statistics never change (
 reference left it in train mode: REFERENCE.md section 5). When the training inputs are
 not augmented, the frozen features are extracted once and the classifier trains on the
 cached features; test features are always extracted once for a frozen backbone.
+
+Under torchrun every rank takes part in every step and the gradients equal one process's on
+the global batch (run_epoch). A run folder with a fixed name (--run_name, slurm<job id>_... on
+SLURM, --checkpoint-dir of evaluate_imagenet.py) is continued when the command starts again.
 """
 import json
 import math
@@ -18,7 +22,7 @@ from tqdm import tqdm
 
 import distributed as D
 from runlog import RunLog, new_run_id
-from utils import atomic_save, rng_state, set_rng_state
+from utils import atomic_save, install_requeue_handler, rng_state, set_rng_state
 
 
 class Probe(nn.Module):
@@ -66,60 +70,118 @@ def extract_features(backbone, dataset, device, batch_size=256, workers=0, amp_d
 
 
 def feature_batches(features, labels, batch_size, shuffle=False, seed=0):
-    """Batches of cached features; this rank's slice of each global batch under torch.distributed."""
+    """Batches of cached features as (x, y, global batch count). Under torch.distributed each
+    rank takes its part of every global batch (torch.tensor_split: sizes differ by at most one,
+    possibly zero), so every rank runs every step and no sample is dropped."""
     n = len(features)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
     order = order.to(features.device)
-    per_rank = max(batch_size // D.world_size(), 1)
     for start in range(0, n, batch_size):
         chunk = order[start:start + batch_size]
-        mine = chunk[D.rank() * per_rank:(D.rank() + 1) * per_rank] if D.world_size() > 1 else chunk
-        if len(mine):
-            yield features[mine], labels[mine]
+        mine = torch.tensor_split(chunk, D.world_size())[D.rank()] if D.world_size() > 1 else chunk
+        yield features[mine], labels[mine], len(chunk)
 
 
-def run_epoch(forward, batches, device, optimizer=None, amp_dtype=None, desc='', total=None, on_step=None):
-    """One pass: (loss, top-1 %, top-5 %) over every rank's samples. Trains when given an optimizer."""
+def run_epoch(forward, batches, device, optimizer=None, amp_dtype=None, desc='', total=None, on_step=None,
+              scaler=None):
+    """One pass: (loss, top-1 %, top-5 %) over every rank's samples. Trains when given an optimizer.
+
+    `batches` yields (x, y) where every rank holds an equal share of the global batch (a
+    DistributedSampler), or (x, y, global batch count) where the shares may differ or be empty.
+    The loss is sum(per-sample losses) * W / global count: after DDP's average over the W ranks
+    the gradient is that of the global-batch mean, as in one process, whatever each rank holds.
+    A rank with no samples still runs forward and backward (a zero loss), so DDP's collectives
+    line up. `scaler`: a GradScaler for float16 autocast."""
     training = optimizer is not None
+    ws = D.world_size()
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss*n, top1 hits, top5 hits, n
     bar = tqdm(batches, desc=desc, total=total, disable=not D.is_main(), leave=False, dynamic_ncols=True,
                mininterval=1.0)
-    for step, (x, y) in enumerate(bar):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    for step, batch in enumerate(bar):
+        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        n_global = batch[2] if len(batch) > 2 else len(y) * ws
         if on_step is not None:
             on_step(step)
         with torch.set_grad_enabled(training), \
                 torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             out = forward(x)
         out = out.float()
-        loss = F.cross_entropy(out, y)
+        loss_sum = F.cross_entropy(out, y, reduction='sum')
         if training:
+            loss = loss_sum * (ws / max(n_global, 1))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
         with torch.no_grad():
             top = out.topk(min(5, out.shape[1]), dim=1).indices == y[:, None]
-            sums += torch.stack([loss.detach().double() * len(y), top[:, :1].any(1).sum().double(),
+            sums += torch.stack([loss_sum.detach().double(), top[:, :1].any(1).sum().double(),
                                  top.any(1).sum().double(), torch.tensor(len(y), device=device, dtype=torch.float64)])
-    sums = D.all_reduce_sum(sums) if D.world_size() > 1 else sums
+    sums = D.all_reduce_sum(sums) if ws > 1 else sums
     loss_sum, top1, top5, n = sums.tolist()
     n = max(n, 1)
     return loss_sum / n, 100 * top1 / n, 100 * top5 / n
 
 
-def open_run(args, prefix, project, resume, wandb_group=None, wandb_name=None):
-    """(run folder, saved state or None, RunLog) for a probe run; --resume takes the run folder."""
+# Flags that may change when a run is continued: where things live and how fast it runs, not
+# what it computes. Any other difference means the folder holds another evaluation.
+RESUME_FREE_ARGS = {'resume', 'run_name', 'results_dir', 'data_root', 'model_path', 'workers', 'gpu', 'download',
+                    'print_freq', 'wandb_group', 'screen', 'precision'}
+
+
+def run_name(args, prefix):
+    """The fixed run-folder name: --run_name, else on SLURM slurm<job id>_<prefix> (so that a
+    requeued job finds its run again, and several evaluations in one job keep apart), else None."""
+    if getattr(args, 'run_name', None):
+        return args.run_name
+    if 'SLURM_JOB_ID' in os.environ:
+        return f'slurm{os.environ["SLURM_JOB_ID"]}_{prefix}'
+    return None
+
+
+def check_resume_args(saved, args, path):
+    """Refuse to continue a run of another evaluation (another checkpoint, data set, recipe)."""
+    old = saved.get('args') or {}
+    diff = [f'--{k} {old[k]!r} (this command: {v!r})' for k, v in vars(args).items()
+            if k not in RESUME_FREE_ARGS and k in old and old[k] != v]
+    if saved.get('model_file') and saved['model_file'] != os.path.realpath(args.model_path):
+        diff.append(f'--model_path {saved["model_file"]} (this command: {os.path.realpath(args.model_path)})')
+    if diff:
+        from model import CheckpointError
+        raise CheckpointError(f'{path} holds another evaluation, run with {"; ".join(diff)}. Give this one its own '
+                              f'run folder (--run_name, or --checkpoint-dir for evaluate_imagenet.py)')
+
+
+def open_run(args, prefix, project, wandb_group=None, wandb_name=None):
+    """(run folder, run id, saved state or None, RunLog) for a probe run.
+
+    The folder is --resume (a run folder or its checkpoint.pth) if given; else <results_dir>/
+    <run name> when the name is fixed (run_name above), continued automatically when it already
+    holds a checkpoint.pth (as main.py and the official evaluate.py do); else a new
+    <results_dir>/<random id>."""
+    from model import read_checkpoint, CheckpointError
+    name = run_name(args, prefix)
+    resume = args.resume
+    if resume is None and name and os.path.isfile(os.path.join(args.results_dir, name, 'checkpoint.pth')):
+        resume = os.path.join(args.results_dir, name)
+    resume = D.broadcast_object(resume)  # every rank takes rank 0's decision
     saved = None
     if resume:
         path = os.path.join(resume, 'checkpoint.pth') if os.path.isdir(resume) else resume
-        from model import read_checkpoint, CheckpointError
         saved = read_checkpoint(path)
         if not isinstance(saved, dict) or 'fc' not in saved or 'epoch' not in saved:
             raise CheckpointError(f'--resume: {path} is not a probe checkpoint written by linear.py/transfer.py')
+        check_resume_args(saved, args, path)
         run_id, run_dir = saved['run_id'], os.path.dirname(os.path.abspath(path))
     else:
-        run_id = D.broadcast_object(new_run_id())
-        run_dir = os.path.join(args.results_dir, run_id)
+        run_id = D.broadcast_object(new_run_id())  # the wandb id: unique even where the folder name is fixed
+        run_dir = os.path.join(args.results_dir, name or run_id)
+    if 'SLURM_JOB_ID' in os.environ:
+        install_requeue_handler(os.path.join(run_dir, 'checkpoint.pth'))
     log = RunLog(run_dir, prefix, args, project, run_id, resume=bool(resume), history=saved['history'] if saved else None,
                  plot_keys=(('train_loss', 'test_loss'), ('train_acc@1', 'test_acc@1', 'test_acc@5')),
                  wandb_group=wandb_group, wandb_name=wandb_name)
@@ -127,12 +189,14 @@ def open_run(args, prefix, project, resume, wandb_group=None, wandb_name=None):
 
 
 def fit(args, *, probe, ddp_train, train_batches, test_forward, test_batches, optimizer, scheduler, device,
-        log, run_dir, run_id, saved=None, amp_dtype=None, steps_per_epoch=None, step_scheduler=None):
+        log, run_dir, run_id, saved=None, amp_dtype=None, steps_per_epoch=None, step_scheduler=None, scaler=None):
     """Train for args.epochs (continuing `saved`), evaluating each epoch; returns the result dict.
 
-    `train_batches(epoch)` / `test_batches()` yield (input, label); `ddp_train` maps a training
+    `train_batches(epoch)` / `test_batches()` yield batches as run_epoch takes them: (input,
+    label) or (input, label, global batch count); `ddp_train` maps a training
     input to logits (the probe, DDP-wrapped when distributed); `test_forward` maps a test input
-    to logits. `step_scheduler(step)` (optional) sets the learning rate each step."""
+    to logits. `step_scheduler(step)` (optional) sets the learning rate each step; `scaler`: a
+    GradScaler (float16 autocast), saved and restored with the rest of the state."""
     start, best = 0, {'test_acc@1': 0.0, 'test_acc@5': 0.0, 'epoch': 0}
     if saved is not None:
         probe.fc.load_state_dict(saved['fc'])
@@ -141,6 +205,8 @@ def fit(args, *, probe, ddp_train, train_batches, test_forward, test_batches, op
         optimizer.load_state_dict(saved['optimizer'])
         if scheduler is not None and saved.get('scheduler'):
             scheduler.load_state_dict(saved['scheduler'])
+        if scaler is not None and saved.get('scaler'):
+            scaler.load_state_dict(saved['scaler'])
         start, best = saved['epoch'], saved['best']
         set_rng_state(saved['rng'])
         if D.is_main():
@@ -153,7 +219,7 @@ def fit(args, *, probe, ddp_train, train_batches, test_forward, test_batches, op
         on_step = (lambda s, e=epoch: step_scheduler(e * steps_per_epoch + s)) if step_scheduler else None
         train_loss, train1, train5 = run_epoch(ddp_train, train_batches(epoch), device, optimizer, amp_dtype,
                                                desc=f'Train [{epoch + 1}/{args.epochs}]', total=steps_per_epoch,
-                                               on_step=on_step)
+                                               on_step=on_step, scaler=scaler)
         if scheduler is not None:
             scheduler.step()
         probe.eval()
@@ -172,7 +238,9 @@ def fit(args, *, probe, ddp_train, train_batches, test_forward, test_batches, op
             state = {'epoch': epoch + 1, 'fc': probe.fc.state_dict(),
                      'backbone': None if probe.freeze else probe.backbone.state_dict(),
                      'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict() if scheduler else None,
-                     'best': best, 'history': log.history, 'rng': rng_state(), 'args': vars(args), 'run_id': run_id}
+                     'scaler': scaler.state_dict() if scaler is not None else None,
+                     'best': best, 'history': log.history, 'rng': rng_state(), 'args': vars(args), 'run_id': run_id,
+                     'model_file': os.path.realpath(args.model_path)}
             atomic_save(state, state_path)
         D.barrier()
     last = log.history[-1] if log.history else {}

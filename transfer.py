@@ -6,7 +6,8 @@
 Frozen backbone, images resized to the pretraining size (32 for CIFAR, 64 otherwise), the
 transfer set's normalisation, a linear classifier trained with SGD lr 0.01, momentum 0.9,
 x0.1 at epochs 60 and 80, 100 epochs, batch 128. The inputs are not augmented, so the
-features are extracted once and cached. Same probe loop as linear.py.
+features are extracted once and cached. Same probe loop as linear.py (torchrun-ready: each
+process takes its part of every global batch, and the result equals one process's).
 """
 import argparse
 import os
@@ -36,7 +37,10 @@ def get_args(argv=None):
     a('--screen', default=None, help='accepted for compatibility with the original scripts; unused')
     a('--wandb_group', default=None)
     a('--data_root', default='data')
-    a('--results_dir', default=os.path.join('results', 'transfer'))
+    a('--results_dir', default=os.path.join('results', 'transfer'), help='run folders are made here')
+    a('--run_name', default=None,
+      help='fixed run folder name under --results_dir; a run restarted with the same name continues from its '
+           'checkpoint.pth automatically (default on SLURM: slurm<job id>_<run>, so a requeued job continues)')
     a('--seed', default=0, type=int)
     a('--workers', default=min(8, os.cpu_count() or 1), type=int)
     a('--gpu', default=0, type=int)

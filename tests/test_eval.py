@@ -62,31 +62,100 @@ def test_linear_evaluates_released_checkpoint_with_every_weight_and_frozen_backb
     assert {f'{stem}_linear_statistics.csv', f'{stem}_linear_curves.png', 'checkpoint.pth'} <= set(os.listdir(run))
 
 
-def test_linear_resume_after_kill_continues_identically(tmp_path, monkeypatch):
+def kill_in_second_epoch(monkeypatch):
+    """Make probe.run_epoch raise in the second training epoch (calls: train 1, test 1, train 2)."""
     import probe
-    fakedata.write_cifar(str(tmp_path / 'data'), 'cifar10', n_train=20, n_test=10)
-    path, _ = released_checkpoint(tmp_path)
-    common = ['--dataset', 'cifar10', '--model_path', path, '--data_root', str(tmp_path / 'data'), '--batch_size', '8',
-              '--workers', '0', '--no_aug', '--epochs', '3']
-    straight = linear.main(common + ['--results_dir', str(tmp_path / 'a')])
     real, calls = probe.run_epoch, []
 
-    def killed_in_second_epoch(*a, **k):  # calls: train 1, test 1, train 2 <- killed
+    def killed(*a, **k):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real(*a, **k)
-    monkeypatch.setattr(probe, 'run_epoch', killed_in_second_epoch)
+    monkeypatch.setattr(probe, 'run_epoch', killed)
+    return lambda: monkeypatch.setattr(probe, 'run_epoch', real)
+
+
+@pytest.mark.parametrize('how', ['--resume', '--run_name'])
+def test_linear_resume_after_kill_continues_identically(tmp_path, monkeypatch, how):
+    """--resume RUN continues a run; so does the same command again with a fixed --run_name."""
+    fakedata.write_cifar(str(tmp_path / 'data'), 'cifar10', n_train=20, n_test=10)
+    path, _ = released_checkpoint(tmp_path)
+    common = ['--dataset', 'cifar10', '--model_path', path, '--data_root', str(tmp_path / 'data'), '--batch_size', '8',
+              '--workers', '0', '--no_aug', '--epochs', '3']
+    named = ['--run_name', 'probe'] if how == '--run_name' else []
+    straight = linear.main(common + ['--results_dir', str(tmp_path / 'a')])
+    restore = kill_in_second_epoch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        linear.main(common + ['--results_dir', str(tmp_path / 'b')])
-    monkeypatch.setattr(probe, 'run_epoch', real)
+        linear.main(common + named + ['--results_dir', str(tmp_path / 'b')])
+    restore()
     (run_id,) = [d for d in os.listdir(tmp_path / 'b') if d != 'wandb']
-    resumed = linear.main(common + ['--results_dir', str(tmp_path / 'b'), '--resume', str(tmp_path / 'b' / run_id)])
+    again = named if how == '--run_name' else ['--resume', str(tmp_path / 'b' / run_id)]
+    resumed = linear.main(common + again + ['--results_dir', str(tmp_path / 'b')])
+    assert [d for d in os.listdir(tmp_path / 'b') if d != 'wandb'] == [run_id]  # no new run folder
     a = torch.load(os.path.join(straight['run_dir'], 'checkpoint.pth'), weights_only=False)
     b = torch.load(os.path.join(resumed['run_dir'], 'checkpoint.pth'), weights_only=False)
     assert b['epoch'] == 3 and [r['epoch'] for r in b['history']] == [1, 2, 3]
     for k in a['fc']:
         assert torch.equal(a['fc'][k], b['fc'][k]), k
+    if how == '--run_name':  # the folder now holds a finished cifar10 probe: another evaluation is refused
+        with pytest.raises(M.CheckpointError, match='another evaluation.*--seed'):
+            linear.main(common + named + ['--results_dir', str(tmp_path / 'b'), '--seed', '1'])
+
+
+def test_probe_run_folder_is_fixed_on_slurm(monkeypatch):
+    import argparse
+    import probe
+    args = argparse.Namespace(run_name=None)
+    monkeypatch.delenv('SLURM_JOB_ID', raising=False)
+    assert probe.run_name(args, 'm_linear') is None  # a new random folder each launch
+    monkeypatch.setenv('SLURM_JOB_ID', '4242')
+    assert probe.run_name(args, 'm_transfer_dtd') == 'slurm4242_m_transfer_dtd'  # a requeued job finds it again
+    assert probe.run_name(argparse.Namespace(run_name='mine'), 'm_linear') == 'mine'
+
+
+def test_feature_batches_give_every_rank_every_step_and_lose_no_sample(monkeypatch):
+    import distributed as D
+    import probe
+    features, labels = torch.arange(21.0)[:, None], torch.arange(21)
+    monkeypatch.setattr(D, 'world_size', lambda: 2)
+    parts = []
+    for r in range(2):
+        monkeypatch.setattr(D, 'rank', lambda r=r: r)
+        parts.append(list(probe.feature_batches(features, labels, 5, shuffle=True, seed=3)))
+    assert len(parts[0]) == len(parts[1]) == 5  # both ranks run all 5 steps
+    assert [len(y) for _, y, _ in parts[1]] == [2, 2, 2, 2, 0]  # an empty part in the last step
+    assert [n for _, _, n in parts[0]] == [5, 5, 5, 5, 1]  # the global batch count
+    seen = torch.cat([y for rank in parts for _, y, _ in rank])
+    assert sorted(seen.tolist()) == list(range(21))
+
+
+def test_fp16_probe_trains_with_a_grad_scaler_and_resumes_it(tmp_path, monkeypatch):
+    """--precision fp16 (or auto on a GPU without bf16): a GradScaler scales the loss, and its
+    state is saved and restored with the run. (On the CPU the scaler runs on fp32 autocast-free
+    training: float16 convolutions on the CPU are too slow for a test.)"""
+    from utils import grad_scaler
+    cpu = torch.device('cpu')
+    assert isinstance(grad_scaler(torch.float16, cpu), torch.amp.GradScaler)
+    assert grad_scaler(torch.bfloat16, cpu) is None and grad_scaler(None, cpu) is None
+    fakedata.write_cifar(str(tmp_path / 'data'), 'cifar10', n_train=20, n_test=10)
+    path, _ = released_checkpoint(tmp_path)
+    monkeypatch.setattr(linear, 'grad_scaler', lambda amp, device: grad_scaler(torch.float16, device))
+    loaded, real = [], torch.amp.GradScaler.load_state_dict
+    monkeypatch.setattr(torch.amp.GradScaler, 'load_state_dict', lambda self, sd: loaded.append(sd) or real(self, sd))
+    command = ['--dataset', 'cifar10', '--model_path', path, '--data_root', str(tmp_path / 'data'), '--batch_size',
+               '8', '--workers', '0', '--no_aug', '--epochs', '2', '--results_dir', str(tmp_path / 'r'),
+               '--run_name', 'fp16']
+    restore = kill_in_second_epoch(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        linear.main(command)
+    restore()
+    saved = torch.load(tmp_path / 'r' / 'fp16' / 'checkpoint.pth', weights_only=False)
+    assert saved['epoch'] == 1 and saved['scaler']['scale'] > 0
+    result = linear.main(command)
+    assert loaded == [saved['scaler']]
+    assert torch.load(tmp_path / 'r' / 'fp16' / 'checkpoint.pth', weights_only=False)['scaler'] is not None
+    assert 0 <= result['final_acc@1'] <= 100
 
 
 def run(script, args, repo_root):

@@ -67,6 +67,31 @@ def linear_args(argv):
     return linear.get_args(argv)
 
 
+# The two evaluate.py command lines of the official Barlow Twins README, verbatim.
+OFFICIAL_LINEAR = 'python evaluate.py /path/to/imagenet/ /path/to/checkpoint/resnet50.pth --lr-classifier 0.1'
+OFFICIAL_SEMISUP = ('python evaluate.py /path/to/imagenet/ /path/to/checkpoint/resnet50.pth --weights finetune '
+                    '--train-perc 1 --epochs 20 --lr-backbone 0.002 --lr-classifier 0.5 --weight-decay 0 '
+                    '--checkpoint-dir ./checkpoint/semisup/')
+
+
+def test_official_evaluate_command_lines_run_unchanged():
+    ev = linear_args(evaluate_imagenet.translate(OFFICIAL_LINEAR.split()[2:]))
+    assert (ev.dataset, ev.data_root, ev.model_path) == ('imagenet', '/path/to/imagenet/',
+                                                         '/path/to/checkpoint/resnet50.pth')
+    assert (ev.weights, ev.train_percent, ev.lr_classifier, ev.lr_backbone) == ('freeze', 100, 0.1, 0.0)
+    assert (ev.epochs, ev.batch_size, ev.weight_decay) == (100, 256, 1e-6)  # the official defaults
+    assert (ev.results_dir, ev.run_name) == ('checkpoint', 'lincls')  # official default ./checkpoint/lincls/
+    ev = linear_args(evaluate_imagenet.translate(OFFICIAL_SEMISUP.split()[2:]))
+    assert (ev.weights, ev.train_percent, ev.epochs) == ('finetune', 1, 20)
+    assert (ev.lr_backbone, ev.lr_classifier, ev.weight_decay) == (0.002, 0.5, 0.0)
+    assert (ev.results_dir, ev.run_name) == ('checkpoint', 'semisup')  # the run folder is --checkpoint-dir itself
+    ev = linear_args(evaluate_imagenet.translate(['/d', '/w.pth', '--checkpoint-dir=/ckpt/a/b', '--train-percent',
+                                                  '10']))
+    assert (ev.results_dir, ev.run_name, ev.train_percent) == ('/ckpt/a', 'b', 10)
+    with pytest.raises(SystemExit):  # abbreviations other than the README's stay rejected
+        linear_args(evaluate_imagenet.translate(['/d', '/w.pth', '--train-pe', '1']))
+
+
 def test_mixup_weight_warm_up_is_linear_over_epochs():
     from methods import BarlowTwins, Progress
     method = BarlowTwins(M.Model(8, 'cifar10', 'resnet18'), 0.005, mixup_loss_scale=0.5, mixup_warmup_epochs=10)
@@ -141,17 +166,49 @@ def test_imagenet_semi_supervised_finetuning_two_processes(tmp_path, imagenet, r
     subset = tmp_path / '1percent.txt'
     subset.write_text(''.join(f'{c}_{i}.JPEG\n' for c in CLASSES for i in range(2)))  # SimCLR list format
     out = tmp_path / 'semi'
-    proc = torchrun('evaluate_imagenet.py', [str(imagenet), path, '--weights', 'finetune', '--train-percent', '1',
+    proc = torchrun('evaluate_imagenet.py', [str(imagenet), path, '--weights', 'finetune', '--train-perc', '1',
                                              '--train-files', str(subset), '--epochs', '1', '--lr-backbone', '0.005',
                                              '--lr-classifier', '0.5', '--weight-decay', '0', '--batch-size', '4',
                                              '--image_size', '64', '--workers', '0', '--checkpoint-dir', str(out)],
                     repo_root)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    (run,) = os.listdir(out)
-    state = torch.load(out / run / 'checkpoint.pth', weights_only=False)
+    state = torch.load(out / 'checkpoint.pth', weights_only=False)  # --checkpoint-dir is the run folder
     assert state['epoch'] == 1 and state['backbone'] is not None
     assert not torch.equal(state['backbone']['conv1.weight'], tv.conv1.weight)  # fine-tuned
     assert [g['initial_lr'] for g in state['optimizer']['param_groups']] == [0.5, 0.005]  # classifier, backbone
+
+
+def test_evaluation_restarted_with_the_same_checkpoint_dir_continues_exactly(tmp_path, imagenet, monkeypatch):
+    """The official evaluate.py behaviour: the same command again continues from
+    --checkpoint-dir; 1 epoch + kill + restart equals 2 epochs straight (backbone and BN too)."""
+    import linear
+    from test_eval import kill_in_second_epoch
+    path, _ = torchvision_backbone_file(tmp_path)
+    subset = tmp_path / '1percent.txt'
+    subset.write_text(''.join(f'{c}_{i}.JPEG\n' for c in CLASSES for i in range(3)))
+
+    def command(folder):
+        return evaluate_imagenet.translate([str(imagenet), path, '--weights', 'finetune', '--train-perc', '1',
+                                            '--train-files', str(subset), '--epochs', '2', '--lr-backbone', '0.005',
+                                            '--lr-classifier', '0.5', '--weight-decay', '0', '--batch-size', '4',
+                                            '--image_size', '64', '--workers', '0', '--checkpoint-dir', str(folder)])
+    linear.main(command(tmp_path / 'straight'))
+    restore = kill_in_second_epoch(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        linear.main(command(tmp_path / 'restarted'))
+    restore()
+    assert torch.load(tmp_path / 'restarted' / 'checkpoint.pth', weights_only=False)['epoch'] == 1
+    linear.main(command(tmp_path / 'restarted'))
+    a = torch.load(tmp_path / 'straight' / 'checkpoint.pth', weights_only=False)
+    b = torch.load(tmp_path / 'restarted' / 'checkpoint.pth', weights_only=False)
+    assert a['epoch'] == b['epoch'] == 2 and [r['epoch'] for r in b['history']] == [1, 2]
+    for part in ('fc', 'backbone'):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    # the folder holds this fine-tuning run: a linear evaluation there is refused, not mixed in
+    with pytest.raises(M.CheckpointError, match='another evaluation'):
+        linear.main(evaluate_imagenet.translate([str(imagenet), path, '--image_size', '64', '--workers', '0',
+                                                 '--checkpoint-dir', str(tmp_path / 'restarted')]))
 
 
 def test_missing_subset_list_is_a_clear_error(tmp_path, imagenet):
@@ -161,3 +218,35 @@ def test_missing_subset_list_is_a_clear_error(tmp_path, imagenet):
         linear.main(['--dataset', 'imagenet', '--data_root', str(imagenet), '--model_path', path, '--weights',
                      'finetune', '--train-percent', '10', '--train-files', str(tmp_path / 'absent.txt'),
                      '--workers', '0'])
+
+
+def test_every_name_of_the_subset_list_is_checked_up_front(tmp_path, imagenet):
+    import linear
+    path, _ = torchvision_backbone_file(tmp_path)
+    names = [f'{c}_{i}.JPEG' for c in CLASSES for i in range(4)] + ['n01440764_99.JPEG', 'n09999999_1.JPEG']
+    subset = tmp_path / '10percent.txt'
+    subset.write_text('\n'.join(names) + '\n')  # the absent files come after the first 5 names
+    with pytest.raises(FileNotFoundError, match=r'2 of the 14 files .* n01440764_99.JPEG, n09999999_1.JPEG'):
+        linear.main(['--dataset', 'imagenet', '--data_root', str(imagenet), '--model_path', path, '--weights',
+                     'finetune', '--train-percent', '10', '--train-files', str(subset), '--workers', '0'])
+
+
+def test_subset_list_is_read_by_rank_zero_only(monkeypatch):
+    import argparse
+    import linear
+    reads = []
+    monkeypatch.setattr(linear, 'read_subset_list', lambda source, percent: reads.append(source) or ['a_1.JPEG'])
+    monkeypatch.setattr(D, 'is_main', lambda: False)
+    monkeypatch.setattr(D, 'broadcast_object', lambda obj: (['n01_1.JPEG'], None))  # what rank 0 sends
+    args = argparse.Namespace(train_files=None, train_percent=1)
+    assert linear.subset_list(args) == ['n01_1.JPEG'] and reads == []
+    monkeypatch.setattr(D, 'broadcast_object', lambda obj: (None, 'could not download the 1% subset list'))
+    with pytest.raises(FileNotFoundError, match='could not download'):  # rank 0's error reaches every rank
+        linear.subset_list(args)
+
+
+def test_subset_list_without_a_subset_is_an_error():
+    with pytest.raises(SystemExit, match='--train-files'):
+        linear_args(['--dataset', 'imagenet', '--model_path', 'w.pth', '--train-files', 'x.txt'])
+    with pytest.raises(SystemExit, match='--train-percent'):
+        linear_args(['--dataset', 'cifar10', '--model_path', 'w.pth', '--train-percent', '1'])
