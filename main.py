@@ -12,9 +12,6 @@ import argparse
 import copy
 import math
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import torch
@@ -27,8 +24,8 @@ from methods import METHODS, Progress, add_method_args, build_method, resolve_me
 from model import ImageNetModel, CheckpointError, build_model, load_strict, plain_batchnorm, read_checkpoint, \
     sync_batchnorm
 from runlog import RunLog, new_run_id
-from utils import LARS, atomic_save, autocast_dtype, cosine_factor, rng_state, run_command, seed_everything, \
-    set_lr, set_rng_state, step_factor, str2bool
+from utils import LARS, atomic_save, autocast_dtype, cosine_factor, grad_scaler, install_requeue_handler, \
+    rng_state, run_command, seed_everything, set_lr, set_rng_state, step_factor, str2bool
 
 
 class NonFiniteLoss(RuntimeError):
@@ -269,20 +266,6 @@ def check_resume_args(saved, args):
     return [f'--{k} {saved[k]} -> {getattr(args, k, None)}' for k in RUN_SCHEDULE if differs(k)]
 
 
-def install_requeue_handler(state_path):
-    """On SLURM, SIGUSR1 (sent before the time limit) requeues the job; it resumes from last.pth."""
-    if 'SLURM_JOB_ID' not in os.environ:
-        return
-
-    def handler(signum, frame):
-        if D.is_main():
-            print(f'SIGUSR1: requeueing SLURM job {os.environ["SLURM_JOB_ID"]}; it resumes from {state_path}')
-            subprocess.run(['scontrol', 'requeue', os.environ['SLURM_JOB_ID']], check=False)
-        sys.exit(0)
-    signal.signal(signal.SIGUSR1, handler)
-    signal.signal(signal.SIGTERM, lambda *_: None)  # SLURM sends SIGTERM before SIGKILL: let SIGUSR1 act
-
-
 # ---------------------------------------------------------------------------- training
 def profile(model, size):
     """Params and FLOPs with thop, on a copy so that no profiling buffer reaches a state dict."""
@@ -381,7 +364,7 @@ def main(argv=None):
         method.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(args, method)  # the method's own parameters too (BYOL predictor, SimCLR BN)
     amp_dtype = autocast_dtype(args.precision, device)
-    scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
+    scaler = grad_scaler(amp_dtype, device)
 
     start_epoch, best, history = 0, {'top1': 0.0, 'top5': 0.0, 'epoch': 0}, []
     if saved is not None:

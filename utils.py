@@ -2,6 +2,8 @@
 import math
 import os
 import random
+import signal
+import subprocess
 import sys
 import tempfile
 
@@ -129,6 +131,26 @@ def autocast_dtype(precision, device):
     if precision == 'auto':
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]
+
+
+def grad_scaler(amp_dtype, device):
+    """A GradScaler where the autocast dtype is float16 (its small gradients can underflow), else None."""
+    return torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+
+
+def install_requeue_handler(state_path):
+    """On SLURM, SIGUSR1 (sent before the time limit) requeues the job; it resumes from last.pth."""
+    if 'SLURM_JOB_ID' not in os.environ:
+        return
+
+    def handler(signum, frame):
+        import distributed
+        if distributed.is_main():
+            print(f'SIGUSR1: requeueing SLURM job {os.environ["SLURM_JOB_ID"]}; it resumes from {state_path}')
+            subprocess.run(['scontrol', 'requeue', os.environ['SLURM_JOB_ID']], check=False)
+        sys.exit(0)
+    signal.signal(signal.SIGUSR1, handler)
+    signal.signal(signal.SIGTERM, lambda *_: None)  # SLURM sends SIGTERM before SIGKILL: let SIGUSR1 act
 
 
 def run_command(main, errors):

@@ -33,7 +33,7 @@ import gpu_augment  # noqa: E402
 import main  # noqa: E402
 from methods import build_method  # noqa: E402
 from model import build_model, plain_batchnorm  # noqa: E402
-from utils import autocast_dtype  # noqa: E402
+from utils import autocast_dtype, grad_scaler  # noqa: E402
 
 
 def get_args(argv=None):
@@ -82,8 +82,7 @@ def setup_device(name):
 def mixed_precision(targs, device):
     """(autocast dtype or None, GradScaler or None) for main.py's --precision, as main.main picks them."""
     amp_dtype = autocast_dtype(targs.precision, device)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    return amp_dtype, scaler
+    return amp_dtype, grad_scaler(amp_dtype, device)
 
 
 def training_set(args, n):
