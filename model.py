@@ -53,19 +53,16 @@ def mlp(sizes, last_bias=False):
 class Model(nn.Module):
     """The small-data model of the reference: `f` backbone, `g` projector.
 
-    `projector` (e.g. '2048-2048') replaces the reference head `E-512-feature_dim` for the
-    baselines that need another one; the default keeps the released layout.
+    g is the reference head E-512-feature_dim (Linear without bias, BN, ReLU, Linear with
+    bias), or the MLP `projector` (e.g. '2048-2048-2048') of a baseline, which likewise ends
+    in a Linear with bias, as the originals' heads do (W-MSE's get_head, INTL's projector).
     """
 
     def __init__(self, feature_dim=128, dataset='cifar10', arch='resnet50', projector=None):
         super().__init__()
         self.f = small_backbone(arch, dataset)
-        emb = EMBEDDING_SIZE[arch]
-        if projector:
-            self.g = mlp([emb] + [int(s) for s in projector.split('-')])
-        else:
-            self.g = nn.Sequential(nn.Linear(emb, 512, bias=False), nn.BatchNorm1d(512),
-                                   nn.ReLU(inplace=True), nn.Linear(512, feature_dim, bias=True))
+        sizes = [int(s) for s in projector.split('-')] if projector else [512, feature_dim]
+        self.g = mlp([EMBEDDING_SIZE[arch]] + sizes, last_bias=True)
         self.normalize = True
 
     def features(self, x):
@@ -307,15 +304,15 @@ def _linear_sizes(state, prefix):
 
 
 def _expected_small(state, arch, dataset):
-    """The state dict a small-data checkpoint should have: `Model`'s, with the projector its g.*
-    describes (the reference head E-512-d with a final bias, or a baseline's MLP projector);
-    the backbone's alone (f.*) for a file without g.*."""
+    """The state dict a small-data checkpoint should have: f.* of the backbone, and g.* of the
+    MLP its Linear weights describe (the reference head E-512-d, or a baseline's projector;
+    its final bias optional: baseline runs before 2026-11-25 had none)."""
+    expected = {f'f.{k}': v for k, v in small_backbone(arch, dataset).state_dict().items()}
     sizes = _linear_sizes(state, 'g')
-    if not sizes:
-        return {f'f.{k}': v for k, v in small_backbone(arch, dataset).state_dict().items()}
-    if len(sizes) == 2 and sizes[0] == 512 and 'g.3.bias' in state:
-        return Model(sizes[-1], dataset, arch).state_dict()
-    return Model(dataset=dataset, arch=arch, projector='-'.join(map(str, sizes))).state_dict()
+    if sizes:
+        head = mlp([EMBEDDING_SIZE[arch]] + sizes, last_bias=f'g.{3 * (len(sizes) - 1)}.bias' in state)
+        expected.update({f'g.{k}': v for k, v in head.state_dict().items()})
+    return expected
 
 
 def _expected_imagenet_heads(state, emb):
