@@ -24,8 +24,8 @@ from methods import METHODS, Progress, add_method_args, build_method, resolve_me
 from model import ImageNetModel, CheckpointError, build_model, load_strict, plain_batchnorm, read_checkpoint, \
     sync_batchnorm
 from runlog import RunLog, new_run_id
-from utils import LARS, atomic_save, autocast_dtype, cosine_factor, grad_scaler, install_requeue_handler, \
-    rng_state, run_command, seed_everything, set_lr, set_rng_state, step_factor, str2bool
+from utils import LARS, atomic_save, autocast_dtype, backward_step, cosine_factor, grad_scaler, \
+    install_requeue_handler, rng_state, run_command, seed_everything, set_lr, set_rng_state, step_factor, str2bool
 
 
 class NonFiniteLoss(RuntimeError):
@@ -291,14 +291,7 @@ def train_one_epoch(args, epoch, ddp_method, method, optimizer, scaler, views_so
         set_lr(optimizer, lr_factor(args, step, steps))
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss, logs = ddp_method(views, Progress(epoch, args.epochs, step, steps))
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        backward_step(loss, optimizer, scaler)
         method.after_step(Progress(epoch, args.epochs, step, steps))
         sums += torch.stack([loss.detach()] + [logs[k].detach() for k in method.log_keys]).float()
         count += 1

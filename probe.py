@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 import distributed as D
 from runlog import RunLog, new_run_id
-from utils import atomic_save, install_requeue_handler, rng_state, set_rng_state
+from utils import atomic_save, backward_step, install_requeue_handler, rng_state, set_rng_state
 
 
 class Probe(nn.Module):
@@ -108,15 +108,7 @@ def run_epoch(forward, batches, device, optimizer=None, amp_dtype=None, desc='',
         out = out.float()
         loss_sum = F.cross_entropy(out, y, reduction='sum')
         if training:
-            loss = loss_sum * (ws / max(n_global, 1))
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            backward_step(loss_sum * (ws / max(n_global, 1)), optimizer, scaler)
         with torch.no_grad():
             top = out.topk(min(5, out.shape[1]), dim=1).indices == y[:, None]
             sums += torch.stack([loss_sum.detach().double(), top[:, :1].any(1).sum().double(),

@@ -133,6 +133,18 @@ def autocast_dtype(precision, device):
     return {'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]
 
 
+def backward_step(loss, optimizer, scaler=None):
+    """zero_grad, backward and step; through the GradScaler when there is one (float16 autocast)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def grad_scaler(amp_dtype, device):
     """A GradScaler where the autocast dtype is float16 (its small gradients can underflow), else None."""
     return torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
