@@ -24,7 +24,7 @@ from methods import METHODS, Progress, add_method_args, build_method, resolve_me
 from model import ImageNetModel, CheckpointError, build_model, load_strict, plain_batchnorm, read_checkpoint, \
     sync_batchnorm
 from runlog import RunLog, new_run_id
-from utils import LARS, atomic_save, autocast_dtype, backward_step, cosine_factor, grad_scaler, \
+from utils import LARS, atomic_save, autocast_dtype, backward_step, changed_settings, cosine_factor, grad_scaler, \
     install_requeue_handler, rng_state, run_command, seed_everything, set_lr, set_rng_state, step_factor, str2bool
 
 
@@ -258,12 +258,11 @@ RUN_SCHEDULE = ('epochs', 'lr', 'lr_shed', 'lr_weights', 'lr_biases', 'weight_de
 def check_resume_args(saved, args):
     """Error for a --resume whose command changes what the run is; the list of changed schedule
     settings (printed) otherwise."""
-    differs = lambda key: key in saved and saved[key] != getattr(args, key, None)
-    changed = [f'--{k} {saved[k]} -> {getattr(args, k, None)}' for k in RUN_IDENTITY if differs(k)]
+    changed = changed_settings(saved, args, RUN_IDENTITY)
     if changed:
         raise CheckpointError('--resume: this command changes what the run is (' + ', '.join(changed) + '); '
                               'resume with the run\'s own settings (args.json in its folder) or start a new run')
-    return [f'--{k} {saved[k]} -> {getattr(args, k, None)}' for k in RUN_SCHEDULE if differs(k)]
+    return changed_settings(saved, args, RUN_SCHEDULE)
 
 
 # ---------------------------------------------------------------------------- training

@@ -323,7 +323,7 @@ def _expected_imagenet_heads(state, emb):
     if sizes:
         expected.update({f'projector.{k}': v for k, v in mlp([emb] + sizes).state_dict().items()})
     if any(k.startswith('bn.') for k in state):
-        dim = sizes[-1] if sizes else state['bn.running_mean'].shape[0] if 'bn.running_mean' in state else 1
+        dim = sizes[-1] if sizes else len(state.get('bn.running_mean', ()))  # with a projector: its output
         expected.update({f'bn.{k}': v for k, v in nn.BatchNorm1d(dim, affine=False).state_dict().items()})
     return expected
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 import distributed as D
 from runlog import RunLog, new_run_id
-from utils import atomic_save, backward_step, install_requeue_handler, rng_state, set_rng_state
+from utils import atomic_save, backward_step, changed_settings, install_requeue_handler, rng_state, set_rng_state
 
 
 class Probe(nn.Module):
@@ -137,15 +137,13 @@ def run_name(args, prefix):
 
 def check_resume_args(saved, args, path):
     """Refuse to continue a run of another evaluation (another checkpoint, data set, recipe)."""
-    old = saved.get('args') or {}
-    diff = [f'--{k} {old[k]!r} (this command: {v!r})' for k, v in vars(args).items()
-            if k not in RESUME_FREE_ARGS and k in old and old[k] != v]
+    diff = changed_settings(saved.get('args') or {}, args, [k for k in vars(args) if k not in RESUME_FREE_ARGS])
     if saved.get('model_file') and saved['model_file'] != os.path.realpath(args.model_path):
-        diff.append(f'--model_path {saved["model_file"]} (this command: {os.path.realpath(args.model_path)})')
+        diff.append(f'--model_path {saved["model_file"]} -> {os.path.realpath(args.model_path)}')
     if diff:
         from model import CheckpointError
-        raise CheckpointError(f'{path} holds another evaluation, run with {"; ".join(diff)}. Give this one its own '
-                              f'run folder (--run_name, or --checkpoint-dir for evaluate_imagenet.py)')
+        raise CheckpointError(f'{path} holds another evaluation (this command changes {"; ".join(diff)}). Give '
+                              f'this one its own run folder (--run_name, or --checkpoint-dir for evaluate_imagenet.py)')
 
 
 def open_run(args, prefix, project, wandb_group=None, wandb_name=None):
