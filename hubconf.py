@@ -57,11 +57,16 @@ def released_url(arch, dataset, variant=None):
 
 
 def _load_state(weights):
+    from model import read_checkpoint
     if os.path.isfile(weights):
-        return torch.load(weights, map_location='cpu', weights_only=False)
+        return read_checkpoint(weights)
     if weights.startswith(('http://', 'https://')):
-        return torch.hub.load_state_dict_from_url(weights, map_location='cpu', check_hash=False,
-                                                  file_name=os.path.basename(weights))
+        folder = os.path.join(torch.hub.get_dir(), 'checkpoints')
+        path = os.path.join(folder, os.path.basename(weights))
+        if not os.path.isfile(path):
+            os.makedirs(folder, exist_ok=True)
+            torch.hub.download_url_to_file(weights, path)
+        return read_checkpoint(path)  # weights only, with the same clear errors as a local file
     raise FileNotFoundError(f'weights {weights!r}: no such file, and not a URL')
 
 

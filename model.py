@@ -7,6 +7,8 @@ move freely between this repository and the released files (REFERENCE.md section
 * `ImageNetModel`: keys `backbone.*` (torchvision ResNet-50, `fc` = Identity) and
   `projector.*`.
 """
+import os
+import pickle
 import re
 
 import torch
@@ -222,12 +224,30 @@ class CheckpointError(RuntimeError):
     pass
 
 
+# Checkpoints are read with torch.load(weights_only=True): tensors and plain containers only, so
+# that a downloaded file cannot run code when it is opened. Files that pickle other Python
+# objects are refused unless the user says they trust them.
+TRUST_ENV = 'MIXBT_TRUST_CHECKPOINTS'
+
+
 def read_checkpoint(path):
-    """torch.load with a clear message for a missing, truncated or foreign file."""
+    """torch.load (weights only) with a clear message for a missing, truncated, foreign or unsafe file."""
+    trusted = os.environ.get(TRUST_ENV, '') not in ('', '0')
     try:
-        return torch.load(path, map_location='cpu', weights_only=False)
+        return torch.load(path, map_location='cpu', weights_only=not trusted)
     except FileNotFoundError:
         raise CheckpointError(f'checkpoint not found: {path}') from None
+    except pickle.UnpicklingError as e:
+        found = re.search(r'GLOBAL ([\w.]+)', str(e))
+        if found is None:  # not a pickle the weights-only reader understands: junk, text, truncated
+            detail = next((line.strip() for line in str(e).splitlines() if line.strip().startswith('Unsupported')),
+                          str(e).strip().splitlines()[0])
+            raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({detail})') from None
+        raise CheckpointError(
+            f'{path} holds Python objects besides tensors and plain containers (it pickles {found.group(1)}). '
+            f'Opening it would run code stored in the file, so it was not loaded. If you trust where it comes '
+            f'from (for example a last.pth written by an older version of this code), run again with '
+            f'{TRUST_ENV}=1') from None
     except Exception as e:  # truncated zip, pickle garbage, text file...
         raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})') from None
 

@@ -109,7 +109,11 @@ def seed_everything(seed):
 
 
 def rng_state():
-    state = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+    """Python, NumPy, torch (and CUDA) generator states, in types that torch.load(weights_only=True)
+    reads back: NumPy's key array is stored as a tensor."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+    state = {'python': random.getstate(), 'numpy': numpy_state, 'torch': torch.get_rng_state()}
     if torch.cuda.is_available():
         state['cuda'] = torch.cuda.get_rng_state_all()
     return state
@@ -117,7 +121,9 @@ def rng_state():
 
 def set_rng_state(state):
     random.setstate(state['python'])
-    np.random.set_state(state['numpy'])
+    kind, keys, *rest = state['numpy']
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)  # older files: a NumPy array
+    np.random.set_state((kind, keys.astype(np.uint32), *rest))
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state['cuda'])

@@ -494,7 +494,7 @@ def test_method_trains_saves_a_loadable_backbone_and_resumes(name, cifar_root, t
               '--arch', 'resnet18', '--method', name, '--results_dir', str(tmp_path), '--k', '3', '--save_every', '0',
               '--seed', '2', *E2E[name]]
     run = main.main(common + ['--epochs', '1'])
-    state = torch.load(os.path.join(run, 'last.pth'), weights_only=False)
+    state = torch.load(os.path.join(run, 'last.pth'))
     assert math.isfinite(state['history'][0]['loss'])
     best = [os.path.join(run, f) for f in os.listdir(run) if f.endswith('_model.pth')]  # written if kNN top-1 > 0
     for saved in [torch.load(f) for f in best] + [state['model']]:
@@ -517,7 +517,7 @@ def test_method_trains_saves_a_loadable_backbone_and_resumes(name, cifar_root, t
             assert torch.equal(seen[key], value), key
         else:
             assert all(torch.equal(seen[key][k], v) for k, v in value.items()), key
-    resumed = torch.load(os.path.join(run, 'last.pth'), weights_only=False)
+    resumed = torch.load(os.path.join(run, 'last.pth'))
     assert resumed['epoch'] == 2 and all(math.isfinite(r['loss']) for r in resumed['history'])
 
 

@@ -37,7 +37,7 @@ def _entry(rank, fn, port, args, out):
 def run_two_processes(fn, *args):
     with tempfile.TemporaryDirectory() as out:
         mp.spawn(_entry, args=(fn, free_port(), args, out), nprocs=WORLD, join=True)
-        return [torch.load(os.path.join(out, f'{r}.pt'), weights_only=False) for r in range(WORLD)]
+        return [torch.load(os.path.join(out, f'{r}.pt')) for r in range(WORLD)]
 
 
 # ------------------------------------------------------------------ the losses alone
@@ -196,7 +196,7 @@ def test_torchrun_two_processes_trains_and_writes_one_checkpoint(tmp_path, repo_
     (run,) = os.listdir(tmp_path / 'res')
     files = os.listdir(tmp_path / 'res' / run)
     assert len([f for f in files if f.endswith('_model.pth')]) == 1 and 'last.pth' in files
-    state = torch.load(tmp_path / 'res' / run / 'last.pth', weights_only=False)
+    state = torch.load(tmp_path / 'res' / run / 'last.pth')
     assert state['epoch'] == 1 and state['args']['batch_size'] == 8
     import model as M
     M.Model(16, 'cifar10', 'resnet18').load_state_dict(state['model'], strict=True)

@@ -93,8 +93,8 @@ def test_linear_resume_after_kill_continues_identically(tmp_path, monkeypatch, h
     again = named if how == '--run_name' else ['--resume', str(tmp_path / 'b' / run_id)]
     resumed = linear.main(common + again + ['--results_dir', str(tmp_path / 'b')])
     assert [d for d in os.listdir(tmp_path / 'b') if d != 'wandb'] == [run_id]  # no new run folder
-    a = torch.load(os.path.join(straight['run_dir'], 'checkpoint.pth'), weights_only=False)
-    b = torch.load(os.path.join(resumed['run_dir'], 'checkpoint.pth'), weights_only=False)
+    a = torch.load(os.path.join(straight['run_dir'], 'checkpoint.pth'))
+    b = torch.load(os.path.join(resumed['run_dir'], 'checkpoint.pth'))
     assert b['epoch'] == 3 and [r['epoch'] for r in b['history']] == [1, 2, 3]
     for k in a['fc']:
         assert torch.equal(a['fc'][k], b['fc'][k]), k
@@ -150,11 +150,11 @@ def test_fp16_probe_trains_with_a_grad_scaler_and_resumes_it(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         linear.main(command)
     restore()
-    saved = torch.load(tmp_path / 'r' / 'fp16' / 'checkpoint.pth', weights_only=False)
+    saved = torch.load(tmp_path / 'r' / 'fp16' / 'checkpoint.pth')
     assert saved['epoch'] == 1 and saved['scaler']['scale'] > 0
     result = linear.main(command)
     assert loaded == [saved['scaler']]
-    assert torch.load(tmp_path / 'r' / 'fp16' / 'checkpoint.pth', weights_only=False)['scaler'] is not None
+    assert torch.load(tmp_path / 'r' / 'fp16' / 'checkpoint.pth')['scaler'] is not None
     assert 0 <= result['final_acc@1'] <= 100
 
 

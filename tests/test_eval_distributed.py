@@ -48,8 +48,8 @@ def torchrun(script, args, repo_root, nproc=2, timeout=240):
 
 
 def assert_same_run(single_dir, multi_dir):
-    a = torch.load(os.path.join(single_dir, 'checkpoint.pth'), weights_only=False)
-    b = torch.load(os.path.join(multi_dir, 'checkpoint.pth'), weights_only=False)
+    a = torch.load(os.path.join(single_dir, 'checkpoint.pth'))
+    b = torch.load(os.path.join(multi_dir, 'checkpoint.pth'))
     for k in a['fc']:
         torch.testing.assert_close(b['fc'][k], a['fc'][k], rtol=1e-4, atol=1e-6, msg=k)
     assert len(a['history']) == len(b['history'])

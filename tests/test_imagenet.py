@@ -122,7 +122,7 @@ def test_imagenet_pretraining_two_processes_exports_resnet50_and_auto_resumes(tm
     proc = torchrun('main_imagenet.py', args + ['--epochs', '2'], repo_root)
     assert proc.returncode == 0, proc.stderr[-4000:]
     run = results / 'in1k'
-    state = torch.load(run / 'last.pth', weights_only=False)
+    state = torch.load(run / 'last.pth')
     assert state['epoch'] == 2 and state['args']['optimizer'] == 'lars' and state['args']['sync_bn']
     assert [g['base_lr'] for g in state['optimizer']['param_groups']] == [0.2 * 4 / 256, 0.0048 * 4 / 256]
     rows = list(csv.DictReader(open(run / 'in1k_0.0051_32_4_imagenet_statistics.csv')))
@@ -137,7 +137,7 @@ def test_imagenet_pretraining_two_processes_exports_resnet50_and_auto_resumes(tm
     proc = torchrun('main_imagenet.py', args + ['--epochs', '3'], repo_root)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f'Resumed {run}' in proc.stdout and os.listdir(results) == ['in1k']
-    assert torch.load(run / 'last.pth', weights_only=False)['epoch'] == 3
+    assert torch.load(run / 'last.pth')['epoch'] == 3
 
 
 def torchvision_backbone_file(tmp_path):
@@ -172,7 +172,7 @@ def test_imagenet_semi_supervised_finetuning_two_processes(tmp_path, imagenet, r
                                              '--image_size', '64', '--workers', '0', '--checkpoint-dir', str(out)],
                     repo_root)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    state = torch.load(out / 'checkpoint.pth', weights_only=False)  # --checkpoint-dir is the run folder
+    state = torch.load(out / 'checkpoint.pth')  # --checkpoint-dir is the run folder
     assert state['epoch'] == 1 and state['backbone'] is not None
     assert not torch.equal(state['backbone']['conv1.weight'], tv.conv1.weight)  # fine-tuned
     assert [g['initial_lr'] for g in state['optimizer']['param_groups']] == [0.5, 0.005]  # classifier, backbone
@@ -197,10 +197,10 @@ def test_evaluation_restarted_with_the_same_checkpoint_dir_continues_exactly(tmp
     with pytest.raises(KeyboardInterrupt):
         linear.main(command(tmp_path / 'restarted'))
     restore()
-    assert torch.load(tmp_path / 'restarted' / 'checkpoint.pth', weights_only=False)['epoch'] == 1
+    assert torch.load(tmp_path / 'restarted' / 'checkpoint.pth')['epoch'] == 1
     linear.main(command(tmp_path / 'restarted'))
-    a = torch.load(tmp_path / 'straight' / 'checkpoint.pth', weights_only=False)
-    b = torch.load(tmp_path / 'restarted' / 'checkpoint.pth', weights_only=False)
+    a = torch.load(tmp_path / 'straight' / 'checkpoint.pth')
+    b = torch.load(tmp_path / 'restarted' / 'checkpoint.pth')
     assert a['epoch'] == b['epoch'] == 2 and [r['epoch'] for r in b['history']] == [1, 2]
     for part in ('fc', 'backbone'):
         for k in a[part]:

@@ -171,3 +171,41 @@ def test_load_backbone_errors_name_the_problem(tmp_path):
         M.load_backbone(str(junk), 'cifar10')
     with pytest.raises(M.CheckpointError, match='not found'):
         M.load_backbone(str(tmp_path / 'absent.pth'), 'cifar10')
+
+
+class _Pickled:
+    """Stands in for any Python object a foreign checkpoint might pickle."""
+
+
+def test_checkpoints_are_read_weights_only(tmp_path, monkeypatch):
+    cifar18 = M.Model(128, 'cifar10', 'resnet18').state_dict()
+    unsafe = tmp_path / 'unsafe.pth'
+    torch.save({'model': cifar18, 'args': _Pickled()}, unsafe)
+    monkeypatch.delenv(M.TRUST_ENV, raising=False)
+    with pytest.raises(M.CheckpointError, match=rf'pickles test_model\._Pickled.*{M.TRUST_ENV}=1'):
+        M.load_backbone(str(unsafe), 'cifar10')
+    monkeypatch.setenv(M.TRUST_ENV, '1')  # the user vouches for the file
+    assert M.load_backbone(str(unsafe), 'cifar10') is not None
+
+
+def test_hub_url_weights_are_downloaded_once_and_read_weights_only(tmp_path, monkeypatch):
+    import hubconf
+    state = M.Model(128, 'cifar10', 'resnet18').state_dict()
+    calls = []
+
+    def fake_download(url, dst):
+        calls.append(url)
+        torch.save(state, dst)
+
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', fake_download)
+    url = 'https://example.org/releases/abc_model.pth'
+    for _ in range(2):
+        got = hubconf._load_state(url)
+        assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
+    assert calls == [url] and (tmp_path / 'hub' / 'checkpoints' / 'abc_model.pth').is_file()
+
+    monkeypatch.delenv(M.TRUST_ENV, raising=False)
+    torch.save({'model': state, 'extra': _Pickled()}, tmp_path / 'hub' / 'checkpoints' / 'abc_model.pth')
+    with pytest.raises(M.CheckpointError, match='pickles'):
+        hubconf._load_state(url)

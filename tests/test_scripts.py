@@ -82,7 +82,7 @@ def check_pretrain_script(script, world, repo_root, tmp_path, shell):
     files = os.listdir(tmp_path / run)
     assert 'last.pth' in files and any(f.endswith('_model.pth') for f in files)
     assert any(f.endswith('_statistics.csv') for f in files)
-    saved = torch.load(tmp_path / run / 'last.pth', weights_only=False)['args']
+    saved = torch.load(tmp_path / run / 'last.pth')['args']
     if os.path.basename(script) != 'imagenet.sh':
         assert saved['lr'] == 0.01 and saved['lr_shed'] == 'cosine' and saved['batch_size'] == 4
 
