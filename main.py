@@ -61,6 +61,9 @@ def get_args(argv=None):
     a('--seed', default=0, type=int)
     a('--workers', default=min(8, os.cpu_count() or 1), type=int, help='data-loader worker processes')
     a('--knn_every', default=5, type=int, help='kNN monitor every N epochs (0: never); always at the end')
+    a('--knn_init', action='store_true',
+      help='also run the kNN monitor on the randomly initialised backbone, logged as epoch 0: the baseline '
+           'that pretraining has to beat')
     a('--save_every', default=50, type=int, help='keep a model snapshot every N epochs (0: never)')
     a('--resume', default=None, help='run folder or last.pth to continue from')
     a('--run_name', default=None,
@@ -390,15 +393,22 @@ def main(argv=None):
     install_requeue_handler(state_path)
 
     backbone = model.f if not isinstance(model, ImageNetModel) else model.backbone
+    monitor = lambda: knn.knn_monitor(backbone, memory, test, spec.mean, spec.std, spec.num_classes, device,
+                                      k=args.k, temperature=args.temperature, autocast_dtype=amp_dtype,
+                                      channels_last=args.channels_last)
     try:
+        if args.knn_init and memory is not None and start_epoch == 0 and not log.history:
+            top1, top5 = monitor()  # the random-init baseline: logged, never saved as the best model
+            if D.is_main():
+                log.log({'epoch': 0, 'knn_top1': top1, 'knn_top5': top5})
+                log.summary(init_knn_top1=top1, init_knn_top5=top5)
+                print(f'Epoch 0 (random init) kNN top1 {top1:.2f} top5 {top5:.2f}', flush=True)
         for epoch in range(start_epoch, args.epochs):
             stats = train_one_epoch(args, epoch, ddp_method, method, optimizer, scaler, views_source, device, amp_dtype)
             row = {'epoch': epoch + 1, **stats, 'knn_top1': None, 'knn_top5': None}
             last = epoch + 1 == args.epochs
             if memory is not None and ((args.knn_every and (epoch + 1) % args.knn_every == 0) or last):
-                top1, top5 = knn.knn_monitor(backbone, memory, test, spec.mean, spec.std, spec.num_classes, device,
-                                             k=args.k, temperature=args.temperature, autocast_dtype=amp_dtype,
-                                             channels_last=args.channels_last)
+                top1, top5 = monitor()
                 row.update(knn_top1=top1, knn_top5=top5)
                 if D.is_main() and (top1 > best['top1'] or not best['epoch']):  # the first evaluation always saves
                     best = {'top1': top1, 'top5': top5, 'epoch': epoch + 1}
@@ -422,7 +432,9 @@ def main(argv=None):
                 atomic_save(plain_batchnorm(copy.deepcopy(model.backbone)).state_dict(),
                             os.path.join(run_dir, f'{args.arch}.pth'))
             if best['epoch']:
-                print(f'Best kNN top-1 {best["top1"]:.2f} (top-5 {best["top5"]:.2f}) at epoch {best["epoch"]}: '
+                init = next((r['knn_top1'] for r in log.history if r['epoch'] == 0), None)
+                gain = '' if init is None else f'; random init {init:.2f}, {best["top1"] - init:+.2f} points'
+                print(f'Best kNN top-1 {best["top1"]:.2f} (top-5 {best["top5"]:.2f}) at epoch {best["epoch"]}{gain}: '
                       f'{model_path}')
             log.summary(best_knn_top1=best['top1'], best_knn_top5=best['top5'])
     finally:

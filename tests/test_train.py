@@ -68,7 +68,7 @@ def test_resume_after_kill_gives_identical_weights(tmp_path, fashion_root, monke
     common = ['--dataset', 'fashionmnist', '--data_root', fashion_root, '--subset', '24', '--epochs', '2',
               '--knn_every', '0', '--save_every', '0', '--seed', '5', *FAST[:-4]]
     straight = main.main(common + ['--results_dir', str(tmp_path / 'a')])
-    expected = torch.load(os.path.join(straight, 'last.pth'), weights_only=False)
+    expected = torch.load(os.path.join(straight, 'last.pth'))
 
     real_epoch = main.train_one_epoch
 
@@ -80,11 +80,11 @@ def test_resume_after_kill_gives_identical_weights(tmp_path, fashion_root, monke
     with pytest.raises(KeyboardInterrupt):
         main.main(common + ['--results_dir', str(tmp_path / 'b')])
     interrupted = run_dir_of(str(tmp_path / 'b'))
-    assert torch.load(os.path.join(interrupted, 'last.pth'), weights_only=False)['epoch'] == 1
+    assert torch.load(os.path.join(interrupted, 'last.pth'))['epoch'] == 1
     monkeypatch.setattr(main, 'train_one_epoch', real_epoch)
     resumed = main.main(common + ['--results_dir', str(tmp_path / 'b'), '--resume', interrupted])
     assert resumed == interrupted
-    got = torch.load(os.path.join(resumed, 'last.pth'), weights_only=False)
+    got = torch.load(os.path.join(resumed, 'last.pth'))
     assert got['epoch'] == 2 and [r['epoch'] for r in got['history']] == [1, 2]
     for k, v in expected['model'].items():
         assert torch.equal(v, got['model'][k]), k
@@ -106,7 +106,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, fashion_root, m
     with pytest.raises(main.NonFiniteLoss, match='epoch 2'):
         main.main(args)
     run = run_dir_of(str(tmp_path))
-    state = torch.load(os.path.join(run, 'last.pth'), weights_only=False)
+    state = torch.load(os.path.join(run, 'last.pth'))
     assert state['epoch'] == 1 and all(torch.isfinite(v).all() for v in state['model'].values() if v.is_floating_point())
     (best,) = [f for f in os.listdir(run) if f.endswith('_model.pth')]
     M.Model(32, 'fashionmnist', 'resnet18').load_state_dict(torch.load(os.path.join(run, best)), strict=True)
@@ -169,3 +169,46 @@ def test_atomic_save_keeps_the_old_file_when_a_write_fails(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # as open() would create it, not mkstemp's 0600
+
+
+def test_rng_state_survives_a_weights_only_round_trip(tmp_path):
+    import random
+    import numpy as np
+    from utils import atomic_save, rng_state, set_rng_state
+    random.seed(3), np.random.seed(4), torch.manual_seed(5)
+    np.random.randn()  # a cached Gaussian is part of NumPy's state too
+    atomic_save({'rng': rng_state()}, tmp_path / 'rng.pth')
+    expected = (random.random(), np.random.randn(3).tolist(), torch.rand(3).tolist())
+    set_rng_state(torch.load(tmp_path / 'rng.pth', weights_only=True)['rng'])
+    assert (random.random(), np.random.randn(3).tolist(), torch.rand(3).tolist()) == expected
+    legacy = {**rng_state(), 'numpy': np.random.get_state()}  # files written before: a NumPy array
+    expected = np.random.randn(3).tolist()
+    set_rng_state(legacy)
+    assert np.random.randn(3).tolist() == expected
+
+
+def test_knn_init_logs_the_random_init_baseline_as_epoch_0_and_leaves_training_alone(tmp_path, fashion_root):
+    import knn
+    from utils import seed_everything
+    common = ['--dataset', 'fashionmnist', '--data_root', fashion_root, '--subset', '24', '--epochs', '1',
+              '--save_every', '0', '--seed', '2', *FAST]
+    with_init = main.main(common + ['--results_dir', str(tmp_path / 'a'), '--knn_init'])
+    without = main.main(common + ['--results_dir', str(tmp_path / 'b')])
+    (stats,) = [f for f in os.listdir(with_init) if f.endswith('_statistics.csv')]
+    rows = list(csv.DictReader(open(os.path.join(with_init, stats))))
+    assert [r['epoch'] for r in rows] == ['0', '1'] and rows[0]['loss'] == '' and rows[1]['loss'] != ''
+
+    # Epoch 0 is the kNN of the backbone main.py builds from the seed, before any step.
+    args = main.get_args(common + ['--gpu', '-1'])
+    seed_everything(args.seed)
+    fresh = main.build_model(args)
+    _, memory, test = main.load_data(args)
+    spec = data.SPECS['fashionmnist']
+    top1, top5 = knn.knn_monitor(fresh.f, memory, test, spec.mean, spec.std, 10, torch.device('cpu'), k=5)
+    assert (float(rows[0]['knn_top1']), float(rows[0]['knn_top5'])) == pytest.approx((top1, top5))
+
+    # The extra evaluation changes nothing else: same weights, and the best model is a trained one.
+    a = torch.load(os.path.join(with_init, 'last.pth'))
+    b = torch.load(os.path.join(without, 'last.pth'))
+    assert all(torch.equal(a['model'][k], b['model'][k]) for k in b['model'])
+    assert a['best_acc']['epoch'] == 1
