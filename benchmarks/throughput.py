@@ -10,8 +10,9 @@ Prints one JSON object (images/s count images, each delivered as its two views):
 (b) full training steps through main.train_one_epoch, in the same run on the same device:
     reference-style = PIL workers, one forward per view (--fuse_views false), fp32, NCHW;
     ours = on-device views, fused views, channels_last, bf16 autocast on CUDA, optional
-    --compile. On CUDA also the epoch time for 50k images and the model-FLOP utilisation:
-    2 * thop MACs per image (forward) x 3 (forward + backward) x views per step / time / --peak.
+    --compile. Also the epoch time for 50k images and, on CUDA, the model-FLOP utilisation:
+    the FLOPs of one training step per image (forward and backward of every view and of the
+    mixup pass, counted by torch.utils.flop_counter on a CPU copy) x images/s / --peak.
 Data: the real training set when data.load finds it under --data_root, else random uint8
 images of the data set's shape (speed does not depend on the pixels).
 """
@@ -31,8 +32,8 @@ import torch  # noqa: E402
 import data as datasets  # noqa: E402
 import gpu_augment  # noqa: E402
 import main  # noqa: E402
-from methods import build_method  # noqa: E402
-from model import build_model, plain_batchnorm  # noqa: E402
+from methods import Progress, build_method  # noqa: E402
+from model import build_model  # noqa: E402
 from utils import autocast_dtype, grad_scaler  # noqa: E402
 
 
@@ -139,24 +140,25 @@ def data_path_rate(args, train, device, ours):
     return args.steps * args.batch_size / (time.perf_counter() - timed.start)
 
 
-def flops_per_image(model, size):
-    """Forward FLOPs of one image: 2 x thop's multiply-accumulates, on a copy (REFERENCE.md 2)."""
-    try:
-        from thop import profile
-    except ImportError:
-        return None
-    clone = plain_batchnorm(copy.deepcopy(model)).to('cpu', memory_format=torch.contiguous_format).eval()
-    macs, _ = profile(clone, inputs=(torch.randn(1, 3, size, size),), verbose=False)
-    return 2 * macs
+def step_flops_per_image(targs, method, size, batch=4):
+    """FLOPs of one training step per image: torch.utils.flop_counter over the forward and the
+    backward of a CPU copy of the method (every view, the mixup pass and the loss) on `batch` images."""
+    from torch.utils.flop_counter import FlopCounterMode
+    clone = copy.deepcopy(method).to('cpu', memory_format=torch.contiguous_format).train()
+    views = [torch.randn(batch, 3, size, size) for _ in range(clone.n_views)]
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = clone(views, Progress(0, targs.epochs, 0, 1))
+        loss.backward()
+    return counter.get_total_flops() / batch
 
 
 def training_rate(args, train, device, ours):
-    """(images/s, forward FLOPs per image, forward passes per image) of main.train_one_epoch."""
+    """(images/s, FLOPs of one step per image, settings) of main.train_one_epoch."""
     targs = trainer_args(args, ours)
     torch.manual_seed(0)
     model = build_model(targs)
     method = build_method(targs, model)
-    flops = flops_per_image(model, datasets.SPECS[args.dataset].size)
+    flops = step_flops_per_image(targs, method, datasets.SPECS[args.dataset].size)
     method.to(device)
     if targs.channels_last:
         method.to(memory_format=torch.channels_last)
@@ -170,7 +172,7 @@ def training_rate(args, train, device, ours):
     settings = {'aug': targs.aug, 'fuse_views': targs.fuse_views, 'channels_last': targs.channels_last,
                 'precision': str(amp_dtype).replace('torch.', '') if amp_dtype else 'fp32',
                 'compile': bool(ours and args.compile)}
-    return rate, flops, method.embedding_views(), settings
+    return rate, flops, settings
 
 
 def run(argv=None):
@@ -188,17 +190,15 @@ def run(argv=None):
     out['aug_images_per_s'] = {'pil_workers': pil, 'device': ours}
     out['aug_speedup'] = ours / pil
     if not args.skip_train:
-        ref_rate, flops, passes, ref_settings = training_rate(args, train, device, ours=False)
-        our_rate, _, _, our_settings = training_rate(args, train, device, ours=True)
+        ref_rate, step_flops, ref_settings = training_rate(args, train, device, ours=False)
+        our_rate, _, our_settings = training_rate(args, train, device, ours=True)
         out.update(reference=ref_settings, ours=our_settings,
                    train_images_per_s={'reference': ref_rate, 'ours': our_rate}, train_speedup=our_rate / ref_rate,
                    epoch_time_50k_s={'reference': 50000 / ref_rate, 'ours': 50000 / our_rate})
-        if flops is not None:
-            step_flops = 3 * flops * passes  # forward + backward ~ 3 forwards, for each view (mixup adds one)
-            out['train_flops_per_image'] = step_flops
-            if device.type == 'cuda':
-                out['peak_flops'] = args.peak
-                out['mfu'] = {'reference': ref_rate * step_flops / args.peak, 'ours': our_rate * step_flops / args.peak}
+        out['train_flops_per_image'] = step_flops
+        if device.type == 'cuda':
+            out['peak_flops'] = args.peak
+            out['mfu'] = {'reference': ref_rate * step_flops / args.peak, 'ours': our_rate * step_flops / args.peak}
     print(json.dumps(out, indent=1))
     return out
 
