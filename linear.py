@@ -20,7 +20,7 @@ import torch.nn as nn
 import augment
 import data as datasets
 import distributed as D
-from model import CheckpointError, load_backbone
+from model import CheckpointError, load_backbone, resolve_dataset_arg
 from probe import Probe, extract_features, feature_batches, fit, open_run
 from utils import autocast_dtype, grad_scaler, run_command, seed_everything
 
@@ -30,7 +30,8 @@ SIMCLR_SUBSETS = 'https://raw.githubusercontent.com/google-research/simclr/maste
 def get_args(argv=None):
     p = argparse.ArgumentParser(description='Linear evaluation', allow_abbrev=False)
     a = p.add_argument
-    a('--dataset', default='cifar10', choices=sorted(datasets.SPECS))
+    a('--dataset', default=None, choices=sorted(datasets.SPECS),
+      help="data set to evaluate on (default: the one the checkpoint's file name or run folder names, else cifar10)")
     a('--arch', default=None, choices=['resnet18', 'resnet50'], help='default: inferred from the checkpoint')
     a('--model_path', required=True, help='pretrained checkpoint (*_model.pth, last.pth, resnet50.pth, ...)')
     a('--batch_size', '--batch-size', default=None, type=int, help='default 512 (ImageNet: 256)')
@@ -60,7 +61,7 @@ def get_args(argv=None):
     a('--weight-decay', dest='weight_decay', default=None, type=float, help='default 5e-6 (ImageNet: 1e-6)')
     a('--image_size', default=224, type=int, help='ImageNet crop size')
     a('--print-freq', dest='print_freq', default=100, type=int, help='accepted for compatibility')
-    args = p.parse_args(argv)
+    args = resolve_dataset_arg(p.parse_args(argv), datasets.SPECS)
     imagenet = args.dataset == 'imagenet'
     args.batch_size = args.batch_size or (256 if imagenet else 512)
     args.epochs = args.epochs or (100 if imagenet else 200)

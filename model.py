@@ -7,6 +7,7 @@ move freely between this repository and the released files (REFERENCE.md section
 * `ImageNetModel`: keys `backbone.*` (torchvision ResNet-50, `fc` = Identity) and
   `projector.*`.
 """
+import json
 import os
 import pickle
 import re
@@ -352,6 +353,40 @@ def _check_all_keys(expected, state, path):
     missing, unexpected, shapes = compare_state(expected, state)
     if missing or unexpected or shapes:
         raise CheckpointError(f'{path} does not match the model: ' + _format_problems(missing, unexpected, shapes))
+
+
+def dataset_of_checkpoint(path, choices):
+    """The pretraining data set that a checkpoint names, if one of `choices`: from its file name
+    (the reference's <id>_<lmbda>_<dim>_<batch>_<dataset>_model[_<epoch>].pth and
+    ..._imagenet_resnet50.pth), else from the args.json of the main.py run folder holding it;
+    None when neither says."""
+    name = os.path.basename(path)
+    found = re.search(r'_(' + '|'.join(sorted(map(re.escape, choices), key=len, reverse=True))
+                      + r')_(model(_\d+)?|resnet18|resnet50)\.pth$', name)
+    if found:
+        return found.group(1)
+    args_json = os.path.join(os.path.dirname(os.path.abspath(path)), 'args.json')
+    try:
+        with open(args_json) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if isinstance(saved, dict) and 'lmbda' in saved and saved.get('dataset') in choices:  # a main.py run folder
+        return saved['dataset']
+    return None
+
+
+def resolve_dataset_arg(args, choices, default='cifar10'):
+    """--dataset left out: the checkpoint's own data set (dataset_of_checkpoint), else `default`
+    (the original scripts' default), said aloud."""
+    if args.dataset is not None:
+        return args
+    inferred = dataset_of_checkpoint(args.model_path, choices)
+    args.dataset = inferred or default
+    if int(os.environ.get('RANK', '0')) == 0:
+        print(f'--dataset {args.dataset}: ' + ('named by the checkpoint' if inferred else
+                                              'the default (the checkpoint does not name its data set)'), flush=True)
+    return args
 
 
 def load_backbone(path, dataset, arch=None, state=None):

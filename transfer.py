@@ -18,7 +18,7 @@ from torchvision import transforms as T
 import data as datasets
 import distributed as D
 from linear import frozen_probe
-from model import SMALL_DATASETS, CheckpointError, load_backbone
+from model import SMALL_DATASETS, CheckpointError, load_backbone, resolve_dataset_arg
 from transfer_data import TRANSFER, load_transfer
 from utils import autocast_dtype, run_command, seed_everything
 
@@ -26,7 +26,8 @@ from utils import autocast_dtype, run_command, seed_everything
 def get_args(argv=None):
     p = argparse.ArgumentParser(description='Transfer evaluation', allow_abbrev=False)
     a = p.add_argument
-    a('--dataset', default='cifar10', choices=sorted(SMALL_DATASETS), help='pretraining data set of the checkpoint')
+    a('--dataset', default=None, choices=sorted(SMALL_DATASETS),
+      help="pretraining data set of the checkpoint (default: the one its file name or run folder names, else cifar10)")
     a('--transfer_dataset', default='dtd', choices=sorted(TRANSFER), help='data set to evaluate on')
     a('--arch', default=None, choices=['resnet18', 'resnet50'], help='default: inferred from the checkpoint')
     a('--model_path', required=True)
@@ -48,7 +49,7 @@ def get_args(argv=None):
     a('--subset', default=0, type=int, help='use only N images of each split')
     a('--resume', default=None, help='probe run folder (or its checkpoint.pth) to continue')
     a('--precision', default='auto', choices=['auto', 'fp32', 'bf16', 'fp16'])
-    return p.parse_args(argv)
+    return resolve_dataset_arg(p.parse_args(argv), SMALL_DATASETS)
 
 
 def main(argv=None):

@@ -251,3 +251,27 @@ def test_transfer_missing_data_set_is_a_clear_error(tmp_path, repo_root):
     proc = run('transfer.py', ['--dataset', 'cifar10', '--transfer_dataset', 'cu_birds', '--model_path', path,
                                '--data_root', str(tmp_path / 'none'), '--workers', '0'], repo_root)
     assert proc.returncode == 1 and 'CUB_200_2011' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_dataset_left_out_is_the_one_the_checkpoint_names(tmp_path, capsys):
+    import transfer
+    released = 'checkpoints/76kk7scz_0.0078125_1024_256_cifar100_model.pth'
+    assert linear.get_args(['--model_path', released]).dataset == 'cifar100'
+    assert 'cifar100: named by the checkpoint' in capsys.readouterr().out
+    assert transfer.get_args(['--model_path', released]).dataset == 'cifar100'
+    assert linear.get_args(['--model_path', 'x/02azq6fs_0.0009765_1024_256_tiny_imagenet_model_50.pth']).dataset \
+        == 'tiny_imagenet'
+    assert linear.get_args(['--model_path', 'x/3fb1op86_1.0000_8192_1024_imagenet_resnet50.pth']).dataset == 'imagenet'
+    # given explicitly: honoured as the original scripts pass it
+    assert linear.get_args(['--model_path', released, '--dataset', 'cifar10']).dataset == 'cifar10'
+    # a main.py run folder: its args.json
+    run = tmp_path / 'abc123'
+    run.mkdir()
+    (run / 'args.json').write_text(json.dumps({'dataset': 'stl10', 'lmbda': 0.0078125}))
+    assert transfer.get_args(['--model_path', str(run / 'last.pth')]).dataset == 'stl10'
+    # nothing says: the original default, said aloud; transfer never infers a data set it cannot take
+    capsys.readouterr()
+    assert linear.get_args(['--model_path', str(tmp_path / 'weights.pth')]).dataset == 'cifar10'
+    assert 'the default' in capsys.readouterr().out
+    assert transfer.get_args(['--model_path', 'x/3fb1op86_1.0000_8192_1024_imagenet_resnet50.pth']).dataset \
+        == 'cifar10'
