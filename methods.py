@@ -125,9 +125,13 @@ class BarlowTwins(Method):
             loss_mix = self.mixup_scale(progress) * self.lmbda * reg
             return loss_bt + loss_mix, {'loss_bt': loss_bt, 'loss_mix': loss_mix}
 
+    @torch.compiler.disable
     def draw_mixup(self, n, device):
-        """alpha ~ Beta(1, 1), the same on every rank; a permutation of this rank's n samples."""
-        return float(self.alpha_rng.beta(1.0, 1.0)), torch.randperm(n, device=device)
+        """alpha ~ Beta(1, 1), the same on every rank; a permutation of this rank's n samples.
+        alpha is a 0-d tensor on the device: under --compile a Python float would be baked into
+        the compiled graph and recompile it at every step (and then fall back to eager)."""
+        alpha = torch.full((), float(self.alpha_rng.beta(1.0, 1.0)), device=device)
+        return alpha, torch.randperm(n, device=device)
 
     def get_extra_state(self):
         return {'alpha_rng': self.alpha_rng.bit_generator.state}

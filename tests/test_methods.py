@@ -117,3 +117,23 @@ def test_to_device_copies_from_pinned_memory_without_blocking():
     assert t.copied == (torch.device('cuda', 0), True)
     cpu = torch.arange(3)
     assert methods.to_device(cpu, torch.device('cpu')) is cpu
+
+
+@pytest.mark.parametrize('name', sorted(ALL_METHODS))
+def test_compiled_step_does_not_recompile_as_alpha_and_step_change(name, monkeypatch):
+    """--compile: a step's random draws (Mix-BT's alpha, permutations) and the step counter must not
+    be baked into the graph, or dynamo recompiles at every step and then falls back to eager.
+    The 'eager' backend traces exactly as inductor would, without compiling kernels."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, 'error_on_recompile', True)
+    torch.manual_seed(0)
+    method = ALL_METHODS[name](TinyEmbedder())
+    compiled = torch.compile(method, backend='eager')
+    for step in range(3):
+        progress = methods.Progress(0, 10, step, 100)
+        loss, _ = compiled(images(n=6, count=method.n_views, seed=step), progress)
+        loss.backward()
+        method.after_step(progress)
+        assert torch.isfinite(loss)
+    torch._dynamo.reset()
