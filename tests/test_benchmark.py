@@ -66,7 +66,6 @@ def test_cuda_device_gets_an_index_before_set_device(bench, monkeypatch):
     monkeypatch.setattr(torch.cuda, 'set_device', lambda d: current.append(torch.cuda._utils._get_device_index(d)))
     monkeypatch.setattr(torch.backends.cudnn, 'benchmark', torch.backends.cudnn.benchmark)
     monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', torch.backends.cudnn.allow_tf32)
-    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', torch.backends.cuda.matmul.allow_tf32)
     assert bench.setup_device('cuda') == torch.device('cuda', 0)
     assert bench.setup_device('cuda:1') == torch.device('cuda', 1)
     assert current == [0, 1] and torch.backends.cudnn.benchmark
