@@ -62,7 +62,7 @@ def extract_features(backbone, dataset, device, batch_size=256, workers=0, amp_d
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             f = torch.flatten(backbone(x.to(device, non_blocking=True)), start_dim=1)
         feats.append(f.float())
-        labels.append(y.to(device))
+        labels.append(y.to(device, non_blocking=True))
     feats = torch.cat(feats) if feats else torch.zeros(0, 1, device=device)
     labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
     n = len(dataset)
@@ -111,8 +111,9 @@ def run_epoch(forward, batches, device, optimizer=None, amp_dtype=None, desc='',
             backward_step(loss_sum * (ws / max(n_global, 1)), optimizer, scaler)
         with torch.no_grad():
             top = out.topk(min(5, out.shape[1]), dim=1).indices == y[:, None]
-            sums += torch.stack([loss_sum.detach().double(), top[:, :1].any(1).sum().double(),
-                                 top.any(1).sum().double(), torch.tensor(len(y), device=device, dtype=torch.float64)])
+            sums[:3] += torch.stack([loss_sum.detach().double(), top[:, :1].any(1).sum().double(),
+                                     top.any(1).sum().double()])
+            sums[3] += len(y)  # a Python number: no host-to-device copy, so no sync per step
     sums = D.all_reduce_sum(sums) if ws > 1 else sums
     loss_sum, top1, top5, n = sums.tolist()
     n = max(n, 1)
