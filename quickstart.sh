@@ -8,7 +8,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-python3 -m pip install -q -r requirements.txt
+# requirements.txt, unless what the quick start needs is already importable: an existing (CUDA)
+# build of torch stays in place. INSTALL=1 installs requirements.txt in any case.
+if [ "${INSTALL:-0}" = 1 ] || ! python3 -c 'import torch, torchvision, numpy, PIL, tqdm, matplotlib' 2>/dev/null; then
+  python3 -m pip install -q -r requirements.txt
+fi
 
 # Fashion-MNIST: the Debian package (offline, 30 MB), else torchvision's downloader.
 download=()
