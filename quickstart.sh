@@ -8,10 +8,15 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-# requirements.txt, unless what the quick start needs is already importable: an existing (CUDA)
-# build of torch stays in place. INSTALL=1 installs requirements.txt in any case.
-if [ "${INSTALL:-0}" = 1 ] || ! python3 -c 'import torch, torchvision, numpy, PIL, tqdm, matplotlib' 2>/dev/null; then
+# requirements.txt. An importable torch + torchvision (say your CUDA build) stays in place and only
+# the other requirements are installed, if any is missing. INSTALL=1 installs all of them in any case.
+if [ "${INSTALL:-0}" = 1 ] || ! python3 -c 'import torch, torchvision' 2>/dev/null; then
   python3 -m pip install -q -r requirements.txt
+elif ! python3 -c 'import numpy, PIL, tqdm, thop, matplotlib, wandb, pytest, scipy' 2>/dev/null; then
+  others=$(mktemp)
+  grep -v -E '^(torch|torchvision)==' requirements.txt > "$others"
+  python3 -m pip install -q -r "$others"
+  rm -f "$others"
 fi
 
 # Fashion-MNIST: the Debian package (offline, 30 MB), else torchvision's downloader.
