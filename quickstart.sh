@@ -15,7 +15,8 @@ if [ "${INSTALL:-0}" = 1 ] || ! python3 -c 'import torch, torchvision' 2>/dev/nu
 elif ! python3 -c 'import numpy, PIL, tqdm, thop, matplotlib, wandb, pytest, scipy' 2>/dev/null; then
   others=$(mktemp)
   grep -v -E '^(torch|torchvision)==' requirements.txt > "$others"
-  python3 -m pip install -q -r "$others"
+  python3 -m pip install -q -r "$others" \
+    || echo "warning: could not install all of requirements.txt (offline?); going on with what is installed" >&2
   rm -f "$others"
 fi
 
