@@ -31,7 +31,6 @@ vertical pass first for some crops (h > S and 2w < h + S), which only moves wher
 overshoot is clipped: one photo pixel in 10^4 differs by more than 1.4/255. On CUDA, matmuls
 may use TF32 (~1e-3 relative). The hue position is stratified over the batch (sample_params).
 """
-import functools
 import math
 from dataclasses import dataclass
 
@@ -40,6 +39,7 @@ import torch
 
 import data as datasets
 import distributed as D
+from utils import device_constant
 
 GRAY = (0.299, 0.587, 0.114)  # PIL's ITU-R 601-2 luma
 
@@ -62,13 +62,6 @@ _64PX = Recipe(64, (0.2, 1.0), (3 / 4, 4 / 3), 'bicubic', 0.8, 0.1, True)
 RECIPES = {'cifar10': _CIFAR, 'cifar100': _CIFAR, 'fashionmnist': _CIFAR, 'stl10': _64PX, 'tiny_imagenet': _64PX}
 
 ATTEMPTS = 10  # torchvision's RandomResizedCrop.get_params
-
-
-@functools.lru_cache(maxsize=None)
-def _const(values, device):
-    """A small constant tensor, made once per device: torch.tensor(list, device='cuda') copies
-    from the host and waits for the GPU, which the per-batch path must never do."""
-    return torch.tensor(values, device=device)
 
 
 # ---------------------------------------------------------------------------- parameters
@@ -126,8 +119,8 @@ def sample_params(n, recipe, height, width, generator, device):
     blend_rank = u[:, k + 4:k + 7].argsort(1).argsort(1)              # random order of the three blends
     position = torch.cat([blend_rank + (blend_rank >= hue_pos[:, None]).long(), hue_pos[:, None]], 1)
     b, c, s, h = recipe.jitter
-    lo = _const((max(0.0, 1 - b), max(0.0, 1 - c), max(0.0, 1 - s), -h), torch.device(device))
-    hi = _const((1 + b, 1 + c, 1 + s, h), torch.device(device))
+    lo = device_constant((max(0.0, 1 - b), max(0.0, 1 - c), max(0.0, 1 - s), -h), torch.device(device))
+    hi = device_constant((1 + b, 1 + c, 1 + s, h), torch.device(device))
     return {'crop': crop,
             'flip': u[:, k] < 0.5,
             'jitter': u[:, k + 1] < recipe.jitter_p,
@@ -182,7 +175,7 @@ def crop_resize(x, crop, size, kernel='bilinear', flip=None, antialias=True, cla
 def grayscale(x):
     """(N, 1, H, W) luma of (N, 3, H, W) images."""
     n, _, height, width = x.shape
-    return torch.matmul(_const(GRAY, x.device).view(1, 1, 3), x.reshape(n, 3, -1)).view(n, 1, height, width)
+    return torch.matmul(device_constant(GRAY, x.device).view(1, 1, 3), x.reshape(n, 3, -1)).view(n, 1, height, width)
 
 
 def adjust_hue(x, shift):
@@ -197,7 +190,7 @@ def adjust_hue(x, shift):
     hue = hue - 6 * torch.floor(hue / 6)
     # channel = V - chroma * clamp(2 - |k - 2|, 0, 1) with k = (hue + 5, 3, 1 for R, G, B) mod 6;
     # for k in [1, 11), |k - 2| mod 6 is ||k - 5| - 3|, so no second modulo is needed.
-    k = hue.unsqueeze(1) + _const((5.0, 3.0, 1.0), x.device).view(1, 3, 1, 1)
+    k = hue.unsqueeze(1) + device_constant((5.0, 3.0, 1.0), x.device).view(1, 3, 1, 1)
     k = k.sub_(5).abs_().sub_(3).abs_().neg_().add_(2).clamp_(0, 1)
     return k.mul_(chroma.unsqueeze(1)).neg_().add_(maxc.unsqueeze(1))
 
@@ -245,8 +238,8 @@ def apply_params(images, params, recipe, antialias=True):
 
 def normalize(x, dataset):
     spec = datasets.SPECS[dataset]
-    mean = _const(tuple(spec.mean), x.device).view(1, 3, 1, 1)
-    std = _const(tuple(spec.std), x.device).view(1, 3, 1, 1)
+    mean = device_constant(tuple(spec.mean), x.device).view(1, 3, 1, 1)
+    std = device_constant(tuple(spec.std), x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 

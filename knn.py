@@ -8,13 +8,14 @@ import torch
 import torch.nn.functional as F
 
 import distributed as D
+from utils import device_constant
 
 
 def normalise_uint8(batch, mean, std):
     """uint8 NHWC -> float NCHW normalised, the tensor equivalent of ToTensor + Normalize."""
     x = batch.permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    mean = device_constant(tuple(mean), x.device).view(1, -1, 1, 1)
+    std = device_constant(tuple(std), x.device).view(1, -1, 1, 1)
     return (x - mean) / std
 
 
@@ -28,7 +29,6 @@ def embed_images(backbone, images, mean, std, device, batch_size=512, autocast_d
     n = len(images)
     idx, _ = D.shard_indices(n)
     source = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.asarray(images))
-    mean, std = [torch.tensor(v, dtype=torch.float32, device=device) for v in (mean, std)]  # copied once, not per batch
     feats = []
     for start in range(0, len(idx), batch_size):
         batch = source[idx[start:start + batch_size].to(source.device)].to(device, non_blocking=True)

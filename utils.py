@@ -1,4 +1,5 @@
 """Checkpoint I/O, learning-rate schedules, LARS, seeding and RNG state."""
+import functools
 import math
 import os
 import random
@@ -99,6 +100,14 @@ class LARS(torch.optim.Optimizer):
                 mu.mul_(g['momentum']).add_(dp)
                 p.add_(mu, alpha=-g['lr'])
         return loss
+
+
+# ---------------------------------------------------------------- device constants
+@functools.lru_cache(maxsize=None)
+def device_constant(values, device):
+    """A small constant tensor (values: a tuple), made once per device: torch.tensor(list,
+    device='cuda') copies from the host and waits for the GPU, which a per-batch path must never do."""
+    return torch.tensor(values, device=device)
 
 
 # ---------------------------------------------------------------- seeding and RNG state
