@@ -1,0 +1,103 @@
+"""Golden runs: a fixed seed gives the same weights, optimiser state and CSV values as the code
+that recorded them (tests/golden/golden.json), for Mix-BT and two baselines.
+
+The record pins behaviour across refactors. Rewrite it only for a change of behaviour made on
+purpose, and say which in the commit:  MIXBT_GOLDEN_WRITE=1 python3 -m pytest tests/test_golden.py
+Values are compared to 1e-5 (relative): on the machine that recorded them the runs are bit-identical
+(MIXBT_GOLDEN_EXACT=1 also compares the sha256 of every tensor).
+"""
+import csv
+import glob
+import hashlib
+import json
+import os
+
+import pytest
+import torch
+
+import fakedata
+import main
+
+GOLDEN = os.path.join(os.path.dirname(__file__), 'golden', 'golden.json')
+COMMON = ['--dataset', 'cifar10', '--arch', 'resnet18', '--batch_size', '16', '--subset', '48', '--epochs', '2',
+          '--workers', '0', '--seed', '7', '--knn_every', '1', '--k', '5', '--save_every', '0']
+RUNS = {
+    'mixbt': ['--method', 'mixbt', '--feature_dim', '32', '--lmbda', '0.0078125', '--mixup_loss_scale', '4.0',
+              '--lr', '0.01', '--lr_shed', 'step'],
+    'byol': ['--method', 'byol', '--emb', '16', '--head_size', '32', '--lr', '0.003', '--lr_shed', 'step',
+             '--warmup_steps', '2'],
+    'wmse': ['--method', 'wmse', '--emb', '4', '--head_size', '16', '--w_size', '8', '--w_eps', '0.0001',
+             '--num_views', '4', '--lr', '0.003', '--lr_shed', 'step', '--warmup_steps', '2'],
+}
+VOLATILE = {'epoch_time', 'images_per_s', 'elapsed_s', 'eta_s'}  # wall-clock columns
+
+
+def tensors(obj, prefix=''):
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            yield from tensors(obj[k], f'{prefix}/{k}')
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from tensors(v, f'{prefix}/{i}')
+
+
+def summary(t):
+    t = t.detach().cpu()
+    flat = t.double().flatten() if t.is_floating_point() or t.dtype in (torch.int64, torch.int32) else None
+    out = {'shape': list(t.shape), 'dtype': str(t.dtype),
+           'sha256': hashlib.sha256(t.contiguous().numpy().tobytes() if t.dtype != torch.bfloat16
+                                    else t.float().numpy().tobytes()).hexdigest()}
+    if flat is not None and flat.numel():
+        out.update(sum=flat.sum().item(), abs_sum=flat.abs().sum().item(), head=flat[:4].tolist())
+    return out
+
+
+def fingerprint(run_dir):
+    state = torch.load(os.path.join(run_dir, 'last.pth'), map_location='cpu', weights_only=True)
+    record = {name: summary(t) for part in ('model', 'method', 'optimizer')
+              for name, t in tensors(state[part], part)}
+    (stats,) = glob.glob(os.path.join(run_dir, '*_statistics.csv'))
+    rows = [{k: float(v) for k, v in r.items() if v not in ('', None) and k not in VOLATILE}
+            for r in csv.DictReader(open(stats))]
+    return {'tensors': record, 'csv': rows, 'epoch': state['epoch']}
+
+
+@pytest.fixture(scope='module')
+def cifar_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp('golden-data')
+    fakedata.write_cifar(str(root), n_train=48, n_test=24)
+    return str(root)
+
+
+@pytest.mark.parametrize('method', sorted(RUNS))
+def test_same_seed_gives_recorded_weights_and_csv(method, cifar_root, tmp_path):
+    run = main.main(COMMON + RUNS[method] + ['--data_root', cifar_root, '--results_dir', str(tmp_path)])
+    got = fingerprint(run)
+    if os.environ.get('MIXBT_GOLDEN_WRITE') == '1':
+        record = json.load(open(GOLDEN)) if os.path.isfile(GOLDEN) else {}
+        record[method] = got
+        os.makedirs(os.path.dirname(GOLDEN), exist_ok=True)
+        with open(GOLDEN, 'w') as f:
+            json.dump(record, f, indent=1, sort_keys=True)
+        pytest.skip('golden record written')
+    want = json.load(open(GOLDEN))[method]
+    assert got['epoch'] == want['epoch']
+    assert sorted(got['tensors']) == sorted(want['tensors'])
+    exact = os.environ.get('MIXBT_GOLDEN_EXACT') == '1'
+    for name, w in want['tensors'].items():
+        g = got['tensors'][name]
+        assert (g['shape'], g['dtype']) == (w['shape'], w['dtype']), name
+        if exact:
+            assert g['sha256'] == w['sha256'], name
+        for key in ('sum', 'abs_sum'):
+            if key in w:
+                assert g[key] == pytest.approx(w[key], rel=1e-5, abs=1e-6), (name, key)
+        if 'head' in w:
+            assert g['head'] == pytest.approx(w['head'], rel=1e-5, abs=1e-6), name
+    assert len(got['csv']) == len(want['csv'])
+    for g, w in zip(got['csv'], want['csv']):
+        assert set(w) <= set(g)
+        for key, value in w.items():
+            assert g[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
