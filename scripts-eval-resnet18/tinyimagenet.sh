@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# kNN, linear probe and transfer of the released resnet18 tiny_imagenet checkpoint, in one table (paper kNN / linear top-1: 38.11 / 51.67).
+# Edit the variables below, or override any of them from the environment, e.g.
+#   EPOCHS=100 bash scripts-eval-resnet18/tinyimagenet.sh
+#   MODEL_PATH=results/<run>/<...>_model.pth bash scripts-eval-resnet18/tinyimagenet.sh   # a checkpoint of your own
+# Extra flags are passed through to evaluate.py: bash scripts-eval-resnet18/tinyimagenet.sh --transfer_epochs 50
+# Started again, it continues where it stopped; the table: $RESULTS_DIR/<checkpoint name>/evaluation.md
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"   # started with sh (dash): re-run with bash
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
+
+gpu=${GPU:-0}
+dataset=tiny_imagenet
+arch=resnet18
+epochs=${EPOCHS:-200}                 # linear probe (transfer: 100, --transfer_epochs N)
+checkpoint_dir=${CHECKPOINT_DIR:-$ROOT/checkpoints}
+model_path=${MODEL_PATH:-$checkpoint_dir/02azq6fs_0.0009765_1024_256_tiny_imagenet_model.pth}
+data_root=${DATA_ROOT:-$ROOT/data}          # tiny_imagenet and the transfer sets (README: Data)
+results_dir=${RESULTS_DIR:-$ROOT/results/eval}
+
+check_settings
+require_checkpoint "$model_path"
+"$PYTHON" "$ROOT/evaluate.py" "$model_path" --dataset "$dataset" --arch "$arch" --epochs "$epochs" --gpu "$gpu" \
+  --data_root "$data_root" --results_dir "$results_dir" "$@"
