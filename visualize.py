@@ -1,0 +1,306 @@
+"""What a backbone learned, as two pictures: nearest-neighbour retrievals and a 2-D map of the
+test embeddings (features: knn.embed_images, the kNN monitor's L2-normalised backbone outputs).
+
+    python visualize.py CHECKPOINT [--dataset D] [--data_root data] [--out_dir DIR] [--subset N] [--gpu -1]
+
+writes <checkpoint stem>_retrievals.png and <checkpoint stem>_embedding.png next to the
+checkpoint (or in --out_dir); main.py writes <run prefix>_*.png in the run folder at the end of
+pretraining. The map is a t-SNE (openTSNE) when that package is installed, else an exact PCA;
+its title says which.
+"""
+import argparse
+import importlib.util
+import os
+import sys
+
+import numpy as np
+import torch
+
+import augment
+import data as datasets
+import distributed as D
+from errors import MixBTError
+from knn import embed_images
+
+QUERIES, NEIGHBOURS = 10, 8
+TILE, FRAME, GAP = 64, 4, 12     # image side, frame width, space between the query and its neighbours (px)
+CELL = TILE + 2 * FRAME
+RETRIEVALS_SIZE = (CELL * (1 + NEIGHBOURS) + GAP, CELL * QUERIES)  # (width, height): 660 x 720 px
+EMBEDDING_SIZE = (800, 800)      # 8 x 8 in at 100 dpi
+BACKGROUND, QUERY_FRAME, GREEN, RED = (255, 255, 255), (128, 128, 128), (0, 190, 0), (220, 0, 0)
+MAX_POINTS = 5000
+LEGEND_MAX_CLASSES = 20          # above this a legend hides the map and names nothing readable
+TSNE_MIN_POINTS = 10
+OPENTSNE_PIN = 'openTSNE==1.0.4'
+
+
+# ---------------------------------------------------------------- choosing what to show
+def pick_queries(labels, n=QUERIES, seed=0):
+    """`n` indices spread over the classes (round-robin over the classes in a seeded random order,
+    a seeded random image of each), returned sorted by class so that the rows read in class order."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    by_class = [order[labels[order] == c] for c in rng.permutation(np.unique(labels))]
+    picked = [members[depth] for depth in range(max((len(m) for m in by_class), default=0))
+              for members in by_class if depth < len(members)][:n]
+    return np.array(sorted(picked, key=lambda i: (labels[i], i)), dtype=np.int64)
+
+
+def subsample(n, cap=MAX_POINTS, seed=0):
+    """All of range(n), or `cap` of them drawn with the seed, in increasing order."""
+    if n <= cap:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
+
+
+def nearest_neighbours(query_features, bank_features, k=NEIGHBOURS):
+    """Indices (Q, k) of the k most cosine-similar bank entries (features are L2-normalised)."""
+    k = min(k, bank_features.shape[0])
+    return (query_features @ bank_features.T).topk(k, dim=-1).indices
+
+
+# ---------------------------------------------------------------- the retrieval grid
+def _tile(image):
+    from PIL import Image
+    img = Image.fromarray(np.ascontiguousarray(image))
+    if img.size != (TILE, TILE):  # 32 px: exact 2x pixels; 96 px: box-filtered down
+        img = img.convert('RGB').resize((TILE, TILE), Image.Resampling.NEAREST if img.width < TILE
+                                        else Image.Resampling.BOX)
+    return np.asarray(img.convert('RGB'))
+
+
+def retrieval_grid(query_images, neighbour_images, same_class):
+    """uint8 (height, width, 3) of RETRIEVALS_SIZE: one row per query, the query (grey frame), a gap,
+    then its neighbours framed GREEN (same class) or RED. Missing rows and cells stay blank."""
+    width, height = RETRIEVALS_SIZE
+    canvas = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
+
+    def put(row, col, image, colour):
+        y, x = row * CELL, col * CELL + (GAP if col else 0)
+        canvas[y:y + CELL, x:x + CELL] = colour
+        canvas[y + FRAME:y + FRAME + TILE, x + FRAME:x + FRAME + TILE] = _tile(image)
+
+    for row in range(min(len(query_images), QUERIES)):
+        put(row, 0, query_images[row], QUERY_FRAME)
+        for col in range(min(len(neighbour_images[row]), NEIGHBOURS)):
+            put(row, 1 + col, neighbour_images[row][col], GREEN if same_class[row][col] else RED)
+    return canvas
+
+
+# ---------------------------------------------------------------- the 2-D map
+_noticed = []
+
+
+def pca_2d(features):
+    """The first two principal components, exact (only the top two eigenvectors of the covariance,
+    LAPACK's evr; 5000 features: 0.1 s at 512-D, 1 s at 2048-D, where torch's full eigh takes 1 s and 10 s),
+    each sign fixed so that its largest-magnitude loading is positive."""
+    import scipy.linalg
+    x = torch.as_tensor(features, dtype=torch.float64).cpu().numpy()
+    x = x - x.mean(0)
+    d = x.shape[1]
+    _, vectors = scipy.linalg.eigh(x.T @ x, subset_by_index=[max(d - 2, 0), d - 1], driver='evr')
+    v = vectors[:, ::-1] if d >= 2 else np.concatenate([vectors, np.zeros_like(vectors)], 1)
+    v = v * np.sign(v[np.abs(v).argmax(0), [0, 1]])
+    return x @ v
+
+
+def check_projection(method):
+    """True when the map will be a t-SNE; a MixBTError for an unknown method or 'tsne' without openTSNE."""
+    if method not in ('auto', 'tsne', 'pca'):
+        raise MixBTError(f'projection {method!r}: choose auto, tsne or pca')
+    if method == 'pca':
+        return False
+    if importlib.util.find_spec('openTSNE') is not None:
+        return True
+    if method == 'tsne':
+        raise MixBTError(f'the t-SNE map needs openTSNE: pip install {OPENTSNE_PIN} (or choose PCA)')
+    if not _noticed:
+        _noticed.append(True)
+        print(f'visualize: openTSNE is not installed, so the embedding map is a PCA projection '
+              f'(pip install {OPENTSNE_PIN} for t-SNE)', file=sys.stderr, flush=True)
+    return False
+
+
+def project_2d(features, seed=0, method='auto'):
+    """(points (N, 2), method name). method: 'tsne' (openTSNE), 'pca', or 'auto': t-SNE when
+    openTSNE is installed (PCA with a notice when not); PCA below TSNE_MIN_POINTS points."""
+    if not check_projection(method) or len(features) < TSNE_MIN_POINTS:
+        return pca_2d(features), 'PCA'
+    import openTSNE
+    n = len(features)
+    x = np.ascontiguousarray(torch.as_tensor(features, dtype=torch.float32).cpu().numpy())
+    # One thread: deterministic, and on a shared CPU far faster than several (5000 x 512: 21 s CPU,
+    # 33 s wall on one thread; 36 s CPU, 126 s wall on two, whose threads spin waiting for each other).
+    points = openTSNE.TSNE(perplexity=min(30.0, (n - 1) / 3), metric='cosine', random_state=seed,
+                           n_jobs=1).fit(x)
+    return np.asarray(points), 't-SNE'
+
+
+def class_colours(num_classes):
+    from matplotlib import colormaps
+    if num_classes <= 10:
+        return colormaps['tab10'].colors[:num_classes]
+    if num_classes <= 20:
+        return colormaps['tab20'].colors[:num_classes]
+    return colormaps['turbo'](np.linspace(0, 1, num_classes))
+
+
+def embedding_figure(points, labels, classes, title):
+    """A matplotlib Figure of EMBEDDING_SIZE: one colour per class, a legend of class names
+    (up to LEGEND_MAX_CLASSES classes)."""
+    from matplotlib.figure import Figure
+    labels = np.asarray(labels)
+    present = np.unique(labels)
+    num_classes = max(int(present.max()) + 1 if len(present) else 0, len(classes or ()))
+    colours = class_colours(num_classes)
+    legend = len(present) <= LEGEND_MAX_CLASSES
+    fig = Figure(figsize=(EMBEDDING_SIZE[0] / 100, EMBEDDING_SIZE[1] / 100), dpi=100)
+    ax = fig.add_axes([0.03, 0.03, 0.72 if legend else 0.94, 0.9])
+    for c in present:
+        at = labels == c
+        name = classes[c] if classes is not None and 0 <= c < len(classes) else f'class {c}'
+        ax.scatter(points[at, 0], points[at, 1], s=4, color=colours[c], alpha=0.8, linewidths=0, label=name)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+    if legend:
+        ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1.0), fontsize=8, markerscale=3, frameon=False)
+    return fig
+
+
+# ---------------------------------------------------------------- writing
+def _take(array, idx):
+    if isinstance(array, torch.Tensor):
+        return array[torch.as_tensor(idx, dtype=torch.long, device=array.device)]
+    return np.asarray(array)[idx]
+
+
+def _numpy(array):
+    return array.cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+
+
+def _save_png(path, write):
+    tmp = path + '.tmp.png'
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_visuals(backbone, memory, test, spec, device, out_dir, prefix, classes=None, wandb_run=None, seed=0,
+                  max_points=MAX_POINTS, projection='auto', batch_size=512, autocast_dtype=None, channels_last=False):
+    """Write <prefix>_retrievals.png and <prefix>_embedding.png in `out_dir` and log both to
+    `wandb_run` (when not None); return their paths.
+
+    memory/test: (uint8 images (N, S, S, 3) at the evaluation size, int labels), numpy or torch,
+    as main.load_data gives them; spec: the data set's data.SPECS row (mean/std). Retrievals:
+    QUERIES test images picked by `seed` over the classes, each with its NEIGHBOURS most
+    cosine-similar memory images, framed green (query's class) or red; RETRIEVALS_SIZE pixels.
+    Embedding: up to `max_points` test images (a seeded subsample), EMBEDDING_SIZE pixels, mapped
+    by `projection` (project_2d: auto, tsne or pca).
+    Under torch.distributed every rank must call this (the embedding is shared out, as in
+    knn_monitor); only the main process writes and logs, the others return None."""
+    from PIL import Image
+    check_projection(projection)  # before the embedding: a missing openTSNE is said at once
+    memory_labels, test_labels = _numpy(memory[1]), _numpy(test[1])
+    queries = pick_queries(test_labels, QUERIES, seed)
+    shown = subsample(len(test_labels), max_points, seed)
+    wanted = np.union1d(queries, shown)  # embed each test image once
+    embed = lambda images: embed_images(backbone, images, spec.mean, spec.std, device, batch_size,
+                                        autocast_dtype, channels_last)
+    bank = embed(memory[0])
+    test_features = embed(_take(test[0], wanted))
+    if not D.is_main():
+        return None
+    position = {int(i): p for p, i in enumerate(wanted)}
+    query_features = test_features[[position[int(i)] for i in queries]]
+    neighbours = _numpy(nearest_neighbours(query_features, bank, NEIGHBOURS)) if len(queries) else np.zeros((0, 0), int)
+    same_class = memory_labels[neighbours] == test_labels[queries][:, None]
+    grid = retrieval_grid(_numpy(_take(test[0], queries)),
+                          [_numpy(_take(memory[0], row)) for row in neighbours], same_class)
+
+    points, method = project_2d(test_features[[position[int(i)] for i in shown]], seed, projection)
+    title = f'{prefix}: {method} of {len(shown)} test embeddings'
+    fig = embedding_figure(points, test_labels[shown], classes, title)
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths = (os.path.join(out_dir, f'{prefix}_retrievals.png'), os.path.join(out_dir, f'{prefix}_embedding.png'))
+    _save_png(paths[0], lambda p: Image.fromarray(grid).save(p, format='PNG'))
+    _save_png(paths[1], lambda p: fig.savefig(p, dpi=100, format='png'))
+    if wandb_run is not None:
+        try:
+            import wandb
+            hits = same_class.mean() * 100 if same_class.size else 0.0
+            wandb_run.log({
+                'visuals/retrievals': wandb.Image(paths[0], caption=f'{len(queries)} test queries and their '
+                                                  f'{NEIGHBOURS} nearest memory images: green = same class '
+                                                  f'({hits:.0f}% of them)'),
+                'visuals/embedding': wandb.Image(paths[1], caption=title)})
+        except Exception as e:  # as RunLog: wandb never stops a run
+            print(f'wandb.log failed: {e}', file=sys.stderr)
+    return paths
+
+
+# ---------------------------------------------------------------- command line
+def load_eval_data(dataset, root, subset=0, download=False, workers=0):
+    """(memory (images, labels), test (images, labels), class names): the kNN memory and test
+    splits at the evaluation size, as main.load_data gives them; `subset`: the first N of each."""
+    spec = datasets.SPECS[dataset]
+    if not spec.in_memory:
+        raise MixBTError(f'visualize.py shows the in-memory data sets ({", ".join(datasets.IN_MEMORY)}); '
+                         f'pass --dataset with one of them')
+    _, memory_split, test_split = spec.splits
+    out = []
+    for split in (memory_split, test_split):
+        d = datasets.load(dataset, root, split, download=download, workers=workers)
+        if subset:
+            d = datasets.ArrayData(d.images[:subset], d.labels[:subset], d.classes)
+        out.append(d)
+    memory, test = out
+    return (augment.eval_images(dataset, memory), memory.labels), (augment.eval_images(dataset, test), test.labels), \
+        list(memory.classes)
+
+
+def get_args(argv=None):
+    from checkpoints import resolve_dataset_arg
+    p = argparse.ArgumentParser(description='Nearest-neighbour retrievals and a 2-D embedding map of a checkpoint',
+                                allow_abbrev=False)
+    a = p.add_argument
+    a('model_path', metavar='CHECKPOINT', help='pretrained checkpoint (*_model.pth, last.pth, ...)')
+    a('--dataset', default=None, choices=sorted(datasets.IN_MEMORY),
+      help="default: the one the checkpoint's file name or run folder names, else cifar10")
+    a('--data_root', default='data')
+    a('--out_dir', default=None, help="default: the checkpoint's folder")
+    a('--subset', default=0, type=int, help='use only the first N images of the memory and test splits')
+    a('--seed', default=0, type=int, help='chooses the queries, the mapped subsample and the t-SNE')
+    a('--projection', default='auto', choices=['auto', 'tsne', 'pca'],
+      help=f'the embedding map: auto = t-SNE when openTSNE is installed ({OPENTSNE_PIN}), else PCA')
+    a('--gpu', default=0, type=int, help='CUDA device (-1: CPU)')
+    a('--batch_size', default=512, type=int)
+    a('--workers', default=min(8, os.cpu_count() or 1), type=int)
+    a('--download', action='store_true')
+    args = resolve_dataset_arg(p.parse_args(argv), datasets.IN_MEMORY)
+    if args.subset < 0 or args.batch_size < 1:
+        raise MixBTError('--subset must be >= 0 and --batch_size >= 1')
+    return args
+
+
+def main(argv=None):
+    from checkpoints import load_backbone
+    args = get_args(argv)
+    device = D.init_distributed(args.gpu)
+    backbone, _, _ = load_backbone(args.model_path, args.dataset)
+    backbone.to(device)
+    memory, test, classes = load_eval_data(args.dataset, args.data_root, args.subset, args.download, args.workers)
+    out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.model_path))
+    prefix = os.path.splitext(os.path.basename(args.model_path))[0]
+    paths = write_visuals(backbone, memory, test, datasets.SPECS[args.dataset], device, out_dir, prefix,
+                          classes=classes, seed=args.seed, projection=args.projection, batch_size=args.batch_size)
+    if paths:
+        print('\n'.join(paths))
+    return paths
+
+
+if __name__ == '__main__':
+    from utils import run_command
+    run_command(lambda: main())
