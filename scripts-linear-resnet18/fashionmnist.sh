@@ -17,6 +17,7 @@ model_path=${MODEL_PATH:-$(latest_run_model "$pretrain_dir" "$dataset")}
 data_root=${DATA_ROOT:-$ROOT/data}
 results_dir=${RESULTS_DIR:-$ROOT/results/linear}
 
+check_settings
 require_checkpoint "${model_path:-$pretrain_dir/<run>/<run>_..._${dataset}_model.pth}" \
   "Pretrain first: bash scripts-pretrain-resnet18/$dataset.sh (or the short: bash quickstart.sh); this script
 then probes the newest such run in $pretrain_dir (set PRETRAIN_DIR if yours are elsewhere). Or set MODEL_PATH."

@@ -17,6 +17,7 @@ model_path=${MODEL_PATH:-$checkpoint_dir/z6ngefw7_0.0078125_1024_256_cifar100_mo
 data_root=${DATA_ROOT:-$ROOT/data}
 results_dir=${RESULTS_DIR:-$ROOT/results/linear}
 
+check_settings
 require_checkpoint "$model_path"
 "$PYTHON" "$ROOT/linear.py" --dataset "$dataset" --model_path "$model_path" --arch "$arch" --batch_size "$batch_size" \
   --epochs "$epochs" --gpu "$gpu" --data_root "$data_root" --results_dir "$results_dir" "$@"

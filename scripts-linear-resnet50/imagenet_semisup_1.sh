@@ -19,6 +19,7 @@ epochs=${EPOCHS:-20}
 train_files=${TRAIN_FILES:-https://raw.githubusercontent.com/google-research/simclr/master/imagenet_subsets/1percent.txt}
 results_dir=${RESULTS_DIR:-$ROOT/results/linear}
 
+check_settings
 require_checkpoint "$model_path"
 launch "$nproc" "$ROOT/linear.py" --dataset imagenet --data_root "$data_root" --model_path "$model_path" \
   --batch_size "$batch_size" --epochs "$epochs" --weights finetune --train-percent 1 --train-files "$train_files" \

@@ -16,6 +16,7 @@ lr_classifier=${LR_CLASSIFIER:-0.3}
 epochs=${EPOCHS:-100}
 results_dir=${RESULTS_DIR:-$ROOT/results/linear}
 
+check_settings
 require_checkpoint "$model_path"
 launch "$nproc" "$ROOT/linear.py" --dataset imagenet --data_root "$data_root" --model_path "$model_path" \
   --batch_size "$batch_size" --epochs "$epochs" --lr-classifier "$lr_classifier" --results_dir "$results_dir" "$@"

@@ -22,6 +22,7 @@ lmbda=${LMBDA:-0.0078125}       # lambda_BT
 data_root=${DATA_ROOT:-$ROOT/data}
 results_dir=${RESULTS_DIR:-$ROOT/results}
 
+check_settings
 launch "$nproc" "$ROOT/main.py" --lmbda "$lmbda" --corr_zero --batch_size "$batch_size" --feature_dim "$feature_dim" \
   --dataset "$dataset" --is_mixup "$is_mixup" --mixup_loss_scale "$mixup_loss_scale" --epochs "$epochs" \
   --arch "$arch" --gpu "$gpu" --lr_shed "$lr_shed" --lr "$lr" --data_root "$data_root" --results_dir "$results_dir" "$@"

@@ -12,16 +12,17 @@ nproc=${NPROC:-1}                  # processes (GPUs) for torchrun; the global b
 dataset=tiny_imagenet
 arch=resnet18
 feature_dim=${FEATURE_DIM:-1024}
-is_mixup=${IS_MIXUP:-true}          # true, false
+is_mixup=${IS_MIXUP:-true}         # true, false
 batch_size=${BATCH_SIZE:-256}
 epochs=${EPOCHS:-2000}
 lr=${LR:-0.01}
 lr_shed=${LR_SHED:-cosine}         # step, cosine
 mixup_loss_scale=${MIXUP_LOSS_SCALE:-4.0}   # s (lambda_reg)
-lmbda=${LMBDA:-0.0009765625}       # lambda_BT
+lmbda=${LMBDA:-0.0009765}          # lambda_BT: 1/1024 as the original computes it (bc, 7 decimals)
 data_root=${DATA_ROOT:-$ROOT/data}
 results_dir=${RESULTS_DIR:-$ROOT/results}
 
+check_settings
 launch "$nproc" "$ROOT/main.py" --lmbda "$lmbda" --corr_zero --batch_size "$batch_size" --feature_dim "$feature_dim" \
   --dataset "$dataset" --is_mixup "$is_mixup" --mixup_loss_scale "$mixup_loss_scale" --epochs "$epochs" \
   --arch "$arch" --gpu "$gpu" --lr_shed "$lr_shed" --lr "$lr" --data_root "$data_root" --results_dir "$results_dir" "$@"

@@ -18,10 +18,12 @@ lr_w=${LR_W:-0.2}
 lr_b=${LR_B:-0.0048}
 lambd=${LAMBD:-0.0051}
 projector=${PROJECTOR:-8192-8192-8192}
+ref_world_size=${REF_WORLD_SIZE:-8}  # gradients x 1/8: the released runs' update (8 GPUs, plain all_reduce); 1: true gradient
 results_dir=${RESULTS_DIR:-$ROOT/results/imagenet}
 run_name=${RUN_NAME:-mixbt_${lambda_mixup}_${epochs}ep}   # the same name resumes automatically
 
+check_settings
 launch "$nproc" "$ROOT/main.py" --dataset imagenet --data_root "$data_root" --arch resnet50 --is_mixup "$is_mixup" \
   --lambda_mixup "$lambda_mixup" --mixup_warmup_epochs "$mixup_warmup_epochs" --batch_size "$batch_size" \
   --epochs "$epochs" --learning-rate-weights "$lr_w" --learning-rate-biases "$lr_b" --lambd "$lambd" \
-  --projector "$projector" --results_dir "$results_dir" --run_name "$run_name" "$@"
+  --projector "$projector" --ref_world_size "$ref_world_size" --results_dir "$results_dir" --run_name "$run_name" "$@"

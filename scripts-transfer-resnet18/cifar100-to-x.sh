@@ -19,6 +19,7 @@ transfer_datasets=${TRANSFER_DATASETS:-dtd mnist fashionmnist cu_birds vgg_flowe
 data_root=${DATA_ROOT:-$ROOT/data}
 results_dir=${RESULTS_DIR:-$ROOT/results/transfer}
 
+check_settings
 require_checkpoint "$model_path"
 for transfer_dataset in $transfer_datasets; do
   "$PYTHON" "$ROOT/transfer.py" --dataset "$dataset" --transfer_dataset "$transfer_dataset" --model_path "$model_path" \

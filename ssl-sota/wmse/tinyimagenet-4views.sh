@@ -4,6 +4,8 @@
 #   python -m train --dataset tiny_in --epoch 1000 --lr 2e-3 --num_samples 4 --bs 256 --emb 128 --w_size 256
 #   batch 256 and --w_eps 10e-3 (= 0.01) as the reference's ssl-sota/scripts-pretrain/w-mse scripts;
 #   head 1024, Adam (weight decay 1e-6), 500 warm-up steps, x0.2 at epochs E-50 and E-25.
+#   PIPELINE=wmse (default): the views, normalisation and evaluation of the W-MSE code, which this recipe's code
+#   uses (docs/protocol.md section 6); PIPELINE=mixbt: the same recipe on the same pipeline as Mix-BT.
 # Override any variable from the environment, e.g. EPOCHS=100 NPROC=2 bash ssl-sota/wmse/tinyimagenet-4views.sh
 # Extra flags are passed through to main.py: bash ssl-sota/wmse/tinyimagenet-4views.sh --seed 1
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"   # started with sh (dash): re-run with bash
@@ -27,10 +29,13 @@ optimizer=${OPTIMIZER:-adam}
 weight_decay=${WEIGHT_DECAY:-1e-6}
 lr_shed=${LR_SHED:-step}           # step (x0.2 at epochs E-50 and E-25), cosine
 warmup_steps=${WARMUP_STEPS:-500}
+pipeline=${PIPELINE:-wmse}         # wmse: the W-MSE code's views, normalisation, evaluation; mixbt: Mix-BT's
 data_root=${DATA_ROOT:-$ROOT/data}
 results_dir=${RESULTS_DIR:-$ROOT/results}
 
+check_settings
 launch "$nproc" "$ROOT/main.py" --method wmse --dataset "$dataset" --gpu "$gpu" --data_root "$data_root" \
   --results_dir "$results_dir" --arch "$arch" --epochs "$epochs" --batch_size "$batch_size" --lr "$lr" \
   --num_views "$views" --emb "$emb" --head_size "$head_size" --w_size "$w_size" --w_iter "$w_iter" --w_eps "$w_eps" \
-  --optimizer "$optimizer" --weight_decay "$weight_decay" --lr_shed "$lr_shed" --warmup_steps "$warmup_steps" "$@"
+  --optimizer "$optimizer" --weight_decay "$weight_decay" --lr_shed "$lr_shed" --warmup_steps "$warmup_steps" \
+  --pipeline "$pipeline" "$@"
