@@ -1,18 +1,24 @@
-"""View transforms on the CPU with torchvision, exactly as the reference (REFERENCE.md section 3).
-
-The batched on-device versions live in gpu_augment.py and are tested against these.
+"""View transforms on the CPU with torchvision, built from the data set's registry row
+(data.SPECS[name].recipe; docs/protocol.md section 3), or under --pipeline wmse from the W-MSE
+code's recipe and normalisation (data.select_pipeline; section 6). The batched on-device versions
+live in gpu_augment.py and are tested against these.
 """
+import dataclasses
+
+import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
-from data import SPECS
+from data import SPECS, select_pipeline
 
-BICUBIC = T.InterpolationMode.BICUBIC
+INTERPOLATION = {'bilinear': T.InterpolationMode.BILINEAR, 'bicubic': T.InterpolationMode.BICUBIC}
 
 
-def normalize(name):
-    return T.Normalize(SPECS[name].mean, SPECS[name].std)
+def normalize(name, pipeline='mixbt'):
+    """ToTensor's output normalised as data set `name` is under --pipeline (data.select_pipeline)."""
+    stats = select_pipeline(name, pipeline)
+    return T.Normalize(stats.mean, stats.std)
 
 
 class GaussianBlur:
@@ -36,44 +42,63 @@ class Solarization:
         return ImageOps.solarize(img) if torch.rand(()) < self.p else img
 
 
-def ssl_views(name, image_size=224):
-    """The list of per-view transforms (PIL image -> normalised tensor) for SSL training
-    (`image_size`: ImageNet crop size)."""
-    jitter = T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8)
-    if name in ('cifar10', 'cifar100', 'fashionmnist'):
-        view = T.Compose([T.RandomResizedCrop(32), T.RandomHorizontalFlip(0.5), jitter,
-                          T.RandomGrayscale(0.2), T.ToTensor(), normalize(name)])
-        return [view, view]
-    if name in ('stl10', 'tiny_imagenet'):
-        view = T.Compose([jitter, T.RandomGrayscale(0.1),
-                          T.RandomResizedCrop(64, scale=(0.2, 1.0), ratio=(0.75, 4 / 3), interpolation=BICUBIC),
-                          T.RandomHorizontalFlip(0.5), T.ToTensor(), normalize(name)])
-        return [view, view]
-    if name == 'imagenet':
-        def view(blur, solarize):
-            return T.Compose([T.RandomResizedCrop(image_size, interpolation=BICUBIC), T.RandomHorizontalFlip(0.5),
-                              T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8), T.RandomGrayscale(0.2),
-                              GaussianBlur(blur), Solarization(solarize), T.ToTensor(), normalize(name)])
-        return [view(1.0, 0.0), view(0.1, 0.2)]
-    raise ValueError(f'no SSL transform for {name!r}')
+def recipe_views(recipe, name, pipeline='mixbt'):
+    """One torchvision transform (PIL image -> tensor normalised as `name` under `pipeline`) per view
+    of `recipe`."""
+    stats = select_pipeline(name, pipeline)
+    return build_views(recipe, stats.mean, stats.std)
 
 
-def train_view(name):
+def build_views(recipe, mean, std):
+    """One torchvision transform (PIL image -> tensor normalised with mean/std) per view of `recipe`."""
+    crop = [T.RandomResizedCrop(recipe.size, scale=recipe.scale, ratio=recipe.ratio,
+                                interpolation=INTERPOLATION[recipe.kernel]), T.RandomHorizontalFlip(0.5)]
+    colour = [T.RandomApply([T.ColorJitter(*recipe.jitter)], p=recipe.jitter_p), T.RandomGrayscale(recipe.gray_p)]
+    steps = colour + crop if recipe.color_first else crop + colour
+    views = []
+    asymmetric = any(recipe.blur + recipe.solarize)  # the ImageNet views: both steps in each view
+    for blur, solarize in zip(recipe.blur, recipe.solarize):
+        extra = [GaussianBlur(blur), Solarization(solarize)] if asymmetric else []
+        views.append(T.Compose(steps + extra + [T.ToTensor(), T.Normalize(mean, std)]))
+    return views
+
+
+def ssl_views(name, image_size=224, pipeline='mixbt'):
+    """The per-view transforms for SSL training under --pipeline (`image_size`: the ImageNet crop size)."""
+    stats = select_pipeline(name, pipeline)
+    recipe = stats.recipe
+    if not SPECS[name].in_memory:
+        recipe = dataclasses.replace(recipe, size=image_size)
+    return build_views(recipe, stats.mean, stats.std)
+
+
+def train_view(name, pipeline='mixbt'):
     """Single-view training transform of the linear probe: the data set's SSL view."""
-    return ssl_views(name)[0]
+    return ssl_views(name, pipeline=pipeline)[0]
 
 
 def eval_geometry(name, image_size=224):
     """Deterministic resize/crop part of the evaluation transform (PIL in, PIL out)."""
-    if name == 'stl10':
-        return T.Compose([T.Resize(70, interpolation=BICUBIC), T.CenterCrop(64)])
-    if name == 'imagenet':
-        return T.Compose([T.Resize(image_size * 256 // 224), T.CenterCrop(image_size)])
-    return T.Lambda(lambda img: img)
+    spec = SPECS[name]
+    if not spec.eval_resize:
+        return T.Lambda(lambda img: img)
+    if not spec.in_memory:  # ImageNet: Resize(256/224 of the crop) + CenterCrop(crop), bilinear
+        return T.Compose([T.Resize(image_size * spec.eval_resize // spec.size), T.CenterCrop(image_size)])
+    return T.Compose([T.Resize(spec.eval_resize, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(spec.size)])
 
 
-def eval_transform(name, image_size=224):
-    return T.Compose([eval_geometry(name, image_size), T.ToTensor(), normalize(name)])
+def eval_transform(name, image_size=224, pipeline='mixbt'):
+    return T.Compose([eval_geometry(name, image_size), T.ToTensor(), normalize(name, pipeline)])
+
+
+def eval_images(name, data):
+    """The deterministic geometric part of the evaluation transform, applied once up front:
+    uint8 (N, S, S, 3), bit-identical to what the PIL transform gives before ToTensor."""
+    spec = SPECS[name]
+    if data.images.shape[1] == spec.size and data.images.shape[2] == spec.size:
+        return data.images
+    geometry = eval_geometry(name)
+    return np.stack([np.asarray(geometry(Image.fromarray(im))) for im in data.images])
 
 
 class MultiView:

@@ -3,7 +3,7 @@
 
     python convert_to_detectron2.py checkpoints/3fb1op86_1.0000_8192_1024_imagenet_resnet50.pth r50_mixbt.pkl
 
-The input is any backbone model.load_backbone accepts for ImageNet (a torchvision ResNet-50
+The input is any backbone checkpoints.load_backbone accepts for ImageNet (a torchvision ResNet-50
 state dict, e.g. our resnet50.pth export or the official Barlow Twins file, or a full
 training checkpoint); it is loaded strictly first, so a wrong file fails with the key list.
 """
@@ -11,7 +11,7 @@ import argparse
 import pickle
 import sys
 
-from model import CheckpointError, load_backbone
+from checkpoints import CheckpointError, load_backbone
 
 
 def detectron2_key(key):

@@ -1,12 +1,17 @@
-"""Data set registry and loaders for the pretraining data sets (REFERENCE.md section 3).
+"""The data set registry and the readers of the pretraining data sets (docs/protocol.md section 3).
 
-Each small data set is read from its official on-disk format under --data_root into
-memory as uint8 arrays (N, H, W, 3) plus int64 labels; ImageNet stays a lazy ImageFolder.
-A missing data set raises DatasetNotFound naming the path and the layout expected.
+`SPECS[name]` is the one row every other module asks about a data set: resolution, stem,
+normalisation, augmentation recipe, split roles, size class and reader. Each small data set
+is read from its official on-disk format into memory as uint8 (N, H, W, 3) plus int64
+labels; ImageNet stays a lazy ImageFolder. A missing data set raises DatasetNotFound naming
+the path and the layout expected.
 """
 import gzip
+import multiprocessing
 import os
+import pickle
 import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,56 +19,59 @@ import torch
 import torchvision
 from PIL import Image
 
+from errors import MixBTError
+
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """The SSL view of a data set, as torchvision composes it (augment.py on the CPU,
+    gpu_augment.py on the device): RandomResizedCrop(size, scale, ratio, kernel), a horizontal
+    flip, ColorJitter(*jitter) with probability jitter_p, RandomGrayscale(gray_p); the colour
+    ops come before the crop when color_first. blur/solarize: per-view probabilities of the
+    ImageNet views (Gaussian blur, solarisation after the colour ops); one view per entry."""
+    size: int
+    scale: tuple = (0.08, 1.0)
+    ratio: tuple = (3 / 4, 4 / 3)
+    kernel: str = 'bilinear'       # 'bilinear' | 'bicubic'
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    color_first: bool = False
+    jitter: tuple = (0.4, 0.4, 0.4, 0.1)
+    blur: tuple = (0.0, 0.0)
+    solarize: tuple = (0.0, 0.0)
+
+
+CIFAR_VIEW = Recipe(32)
+VIEW_64PX = Recipe(64, scale=(0.2, 1.0), kernel='bicubic', gray_p=0.1, color_first=True)
+IMAGENET_VIEWS = Recipe(224, kernel='bicubic', jitter=(0.4, 0.4, 0.2, 0.1), blur=(1.0, 0.1), solarize=(0.0, 0.2))
+
+
+@dataclass(frozen=True)
 class Spec:
-    size: int            # training resolution (and the model's variant, see model.py)
+    size: int             # training resolution
+    maxpool: bool         # the backbone keeps the ResNet max-pool (64 px inputs) or drops it (32 px)
+    size_class: str       # '32px' | '64px' | 'imagenet': which column of a method's recipe applies
     mean: tuple
     std: tuple
     num_classes: int
-    layout: str          # what --data_root must contain, for error messages
+    recipe: Recipe        # SSL views
+    splits: tuple         # (SSL training, kNN memory bank / linear training, test)
+    reader: object        # reader(root, split, download, workers, skip_bad) -> ArrayData; None: an image folder
+    layout: str           # what --data_root must contain, for error messages
     url: str
+    eval_resize: int = 0  # evaluation: Resize(eval_resize, bicubic) + CenterCrop(size); 0: as stored
+
+    @property
+    def in_memory(self):
+        return self.reader is not None
 
 
-SPECS = {
-    'cifar10': Spec(32, CIFAR_MEAN, CIFAR_STD, 10,
-                    'cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (CIFAR-10 python version)',
-                    'https://www.cs.toronto.edu/~kriz/cifar.html'),
-    'cifar100': Spec(32, CIFAR_MEAN, CIFAR_STD, 100,  # CIFAR-10 statistics: a reference quirk we keep
-                     'cifar-100-python/{train, test, meta} (CIFAR-100 python version)',
-                     'https://www.cs.toronto.edu/~kriz/cifar.html'),
-    'stl10': Spec(64, (0.43, 0.42, 0.39), (0.27, 0.26, 0.27), 10,
-                  'stl10_binary/{train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin}',
-                  'https://cs.stanford.edu/~acoates/stl10/'),
-    'tiny_imagenet': Spec(64, (0.480, 0.448, 0.398), (0.277, 0.269, 0.282), 200,
-                          'tiny-imagenet-200/{wnids.txt, train/<wnid>/images/*.JPEG, '
-                          'val/images/*.JPEG, val/val_annotations.txt} (the official zip, unpacked)',
-                          'http://cs231n.stanford.edu/tiny-imagenet-200.zip'),
-    'fashionmnist': Spec(32, (0.2860,) * 3, (0.3530,) * 3, 10,
-                         'FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] '
-                         '(or apt-get install dataset-fashion-mnist)',
-                         'https://github.com/zalandoresearch/fashion-mnist'),
-    'imagenet': Spec(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1000,
-                     '{train,val}/<wnid>/*.JPEG (ImageFolder layout; --data_root is the ImageNet folder itself)',
-                     'https://www.image-net.org'),
-}
 # The Debian package dataset-fashion-mnist installs the raw idx.gz files here.
 FASHION_MNIST_SYSTEM_DIR = '/usr/share/datasets/fashion-mnist'
 
-# Which split plays which role: SSL training, kNN memory bank / linear training, test.
-SPLITS = {
-    'cifar10': ('train', 'train', 'test'),
-    'cifar100': ('train', 'train', 'test'),
-    'stl10': ('train+unlabeled', 'train', 'test'),
-    'tiny_imagenet': ('train', 'train', 'val'),
-    'fashionmnist': ('train', 'train', 'test'),
-    'imagenet': ('train', 'train', 'val'),
-}
-
-
-class DatasetNotFound(FileNotFoundError):
+class DatasetNotFound(MixBTError, FileNotFoundError):
     pass
 
 
@@ -96,7 +104,33 @@ class ArrayData:
         return len(self.images)
 
 
+# ---------------------------------------------------------------- corrupt files
+class CorruptData(MixBTError):
+    """A data file that is there but is not what its format says: truncated, wrong size, foreign."""
+
+
+def _one_line(e):
+    return ' '.join(str(e).split())
+
+
+def corrupt(name, path, problem, fix='delete it and fetch it again (--download)'):
+    """CorruptData in one line: the data set, the file, what is wrong (expected vs found) and the fix."""
+    layout = f'; check that --data_root holds {SPECS[name].layout}' if name in SPECS else ''
+    return CorruptData(f'{name}: {path} is truncated or corrupt: {problem}; {fix}{layout}')
+
+
 # ---------------------------------------------------------------- CIFAR-10 / CIFAR-100
+CIFAR_IMAGE_BYTES = 3 * 32 * 32
+
+
+def _read_pickle(name, path):
+    try:
+        with open(path, 'rb') as f:
+            return pickle.load(f, encoding='latin1')  # the official files are Python 2 pickles
+    except Exception as e:  # a cut-off or foreign pickle fails in many ways; all of them mean this file
+        raise corrupt(name, path, f'cannot unpickle it ({type(e).__name__}: {_one_line(e)})') from None
+
+
 def _existence_check(cls):
     """torchvision's parser with a presence check instead of the MD5 of every file (md5=None),
     so that tests can write small files in the official format and large sets start at once."""
@@ -110,25 +144,80 @@ def load_cifar(name, root, split, download=False):
     cls = _existence_check(torchvision.datasets.CIFAR10 if name == 'cifar10' else torchvision.datasets.CIFAR100)
     if download:
         fetch_or_explain(name, root, lambda: cls(root, train=True, download=True))
-    try:
-        ds = cls(root, train=(split == 'train'), download=False)
-    except RuntimeError as e:
-        raise not_found(name, root) from e
-    return ArrayData(np.ascontiguousarray(ds.data), np.asarray(ds.targets, dtype=np.int64), list(ds.classes))
+    # torchvision's parser (same files, keys and pixel order), with every file checked so that a
+    # truncated pickle or a short array names its file instead of failing inside numpy or pickle.
+    folder = os.path.join(root, cls.base_folder)
+    paths = [os.path.join(folder, f) for f, _ in (cls.train_list if split == 'train' else cls.test_list)]
+    meta_path = os.path.join(folder, cls.meta['filename'])
+    for path in paths + [meta_path]:
+        if not os.path.isfile(path):
+            raise not_found(name, root, f'no file {path}')
+    num_classes, key = SPECS[name].num_classes, 'labels' if name == 'cifar10' else 'fine_labels'
+    images, labels = [], []
+    for path in paths:
+        entry = _read_pickle(name, path)
+        if not isinstance(entry, dict) or 'data' not in entry or key not in entry:
+            raise corrupt(name, path, f"expected a dict with 'data' and {key!r}, found "
+                                      f"{sorted(entry) if isinstance(entry, dict) else type(entry).__name__}")
+        x, y = np.asarray(entry['data']), np.asarray(entry[key])
+        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != CIFAR_IMAGE_BYTES:
+            raise corrupt(name, path, f'expected uint8 rows of {CIFAR_IMAGE_BYTES} bytes (3x32x32) per image, '
+                                      f'found a {x.dtype} array of shape {x.shape}')
+        if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+            raise corrupt(name, path, f'{len(x)} images but {y.size} labels')
+        if len(y) and (y.min() < 0 or y.max() >= num_classes):
+            raise corrupt(name, path, f'labels must be 0..{num_classes - 1}, found {y.min()}..{y.max()}')
+        images.append(x)
+        labels.append(y.astype(np.int64))
+    meta = _read_pickle(name, meta_path)
+    classes = meta.get(cls.meta['key']) if isinstance(meta, dict) else None
+    if classes is None or len(classes) != num_classes:
+        raise corrupt(name, meta_path, f"expected {num_classes} class names under {cls.meta['key']!r}, found "
+                                       f"{'none' if classes is None else len(classes)}")
+    images = np.concatenate(images).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # rows of R, G, B planes -> NHWC
+    return ArrayData(np.ascontiguousarray(images), np.concatenate(labels), list(classes))
 
 
 # ---------------------------------------------------------------- STL-10
+STL10_IMAGE_BYTES = 3 * 96 * 96
+STL10_FILES = {'train': [('train_X.bin', 'train_y.bin')], 'test': [('test_X.bin', 'test_y.bin')],
+               'unlabeled': [('unlabeled_X.bin', None)],
+               'train+unlabeled': [('train_X.bin', 'train_y.bin'), ('unlabeled_X.bin', None)]}
+
+
 class _STL10(torchvision.datasets.STL10):
     def _check_integrity(self):
-        needed = {'train': ['train_X.bin', 'train_y.bin'], 'test': ['test_X.bin', 'test_y.bin'],
-                  'unlabeled': ['unlabeled_X.bin'],
-                  'train+unlabeled': ['train_X.bin', 'train_y.bin', 'unlabeled_X.bin']}[self.split]
-        return all(os.path.isfile(os.path.join(self.root, self.base_folder, f)) for f in needed)
+        return all(os.path.isfile(os.path.join(self.root, self.base_folder, f))
+                   for pair in STL10_FILES[self.split] for f in pair if f)
+
+
+def check_stl10_sizes(root, split):
+    """The sizes of the binaries, before torchvision reshapes them: each X file a non-empty whole
+    number of 3x96x96-byte images, each y file one label byte (1..10) per image."""
+    folder = os.path.join(root, 'stl10_binary')
+    for x_file, y_file in STL10_FILES.get(split, []):  # an unknown split: torchvision names the choices
+        x_path = os.path.join(folder, x_file)
+        if not os.path.isfile(x_path):
+            continue  # missing: torchvision's check turns it into DatasetNotFound
+        size = os.path.getsize(x_path)
+        if size == 0 or size % STL10_IMAGE_BYTES:
+            raise corrupt('stl10', x_path, f'{size} bytes, expected a non-zero multiple of {STL10_IMAGE_BYTES} '
+                                           f'(3x96x96 bytes per image), found {size // STL10_IMAGE_BYTES} images '
+                                           f'and {size % STL10_IMAGE_BYTES} bytes over')
+        y_path = y_file and os.path.join(folder, y_file)
+        if y_path and os.path.isfile(y_path):
+            y = np.fromfile(y_path, dtype=np.uint8)
+            if len(y) != size // STL10_IMAGE_BYTES:
+                raise corrupt('stl10', y_path, f'{len(y)} labels (1 byte each), expected one per image of '
+                                               f'{x_path} ({size // STL10_IMAGE_BYTES} images)')
+            if len(y) and (y.min() < 1 or y.max() > 10):
+                raise corrupt('stl10', y_path, f'labels must be 1..10, found {y.min()}..{y.max()}')
 
 
 def load_stl10(root, split, download=False):
     if download:
         fetch_or_explain('stl10', root, lambda: torchvision.datasets.STL10(root, split='train', download=True))
+    check_stl10_sizes(root, split)
     try:
         ds = _STL10(root, split=split, download=False)
     except RuntimeError as e:
@@ -184,7 +273,7 @@ def tiny_imagenet_files(root, split):
         else:
             raise not_found('tiny_imagenet', root, f'no {annotations}')
     else:
-        raise ValueError(f'tiny_imagenet has no split {split!r}')
+        raise MixBTError(f'tiny_imagenet has no split {split!r}')
     if not paths:
         raise not_found('tiny_imagenet', root, f'no images in the {split} split')
     missing = [p for p in paths[:1] + paths[-1:] if not os.path.isfile(p)]
@@ -193,39 +282,125 @@ def tiny_imagenet_files(root, split):
     return paths, np.asarray(labels, dtype=np.int64), wnids
 
 
+class BadImage(MixBTError):
+    """An image file that cannot be decoded, named in one line.
+
+    A DataLoader worker's exception comes back to the main process as type(e)('Caught BadImage in
+    DataLoader worker process 0.\\nOriginal Traceback ...\\ndata.BadImage: <message>'): keep <message>."""
+
+    def __init__(self, message):
+        if message.startswith('Caught ') and '\nOriginal Traceback' in message:
+            message = message.rstrip().splitlines()[-1].partition(': ')[2] or message
+        super().__init__(message)
+
+
+# What PIL raises for junk bytes, a cut-off file or an absurd header (UnidentifiedImageError is an OSError).
+UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+SKIP_HINT = 'pass --skip_bad_images to go on without them'
+
+
+def _why(e):
+    if isinstance(e, Image.UnidentifiedImageError):  # its message repeats the path (or a file object's repr)
+        return f'{type(e).__name__}: not a format PIL can read'
+    return f'{type(e).__name__}: {_one_line(e)}'
+
+
 class _Decode(torch.utils.data.Dataset):
-    def __init__(self, paths):
-        self.paths = paths
+    """(uint8 (H, W, 3) tensor, None), or (None, why) for a file that cannot be decoded as `shape`."""
+
+    def __init__(self, paths, shape=None):
+        self.paths, self.shape = paths, shape
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        with Image.open(self.paths[i]) as img:
-            return torch.from_numpy(np.asarray(img.convert('RGB')).copy())
+        try:
+            with Image.open(self.paths[i]) as img:
+                array = np.asarray(img.convert('RGB'))
+        except UNREADABLE as e:
+            return None, _why(e)
+        if self.shape is not None and array.shape != tuple(self.shape):
+            return None, f'{array.shape[1]}x{array.shape[0]} pixels, expected {self.shape[1]}x{self.shape[0]}'
+        return torch.from_numpy(array.copy()), None
 
 
-def decode_images(paths, workers=0):
-    """Decode equally sized image files into one uint8 (N, H, W, 3) array, in parallel."""
-    loader = torch.utils.data.DataLoader(_Decode(paths), batch_size=256, num_workers=workers)
-    return np.concatenate([b.numpy() for b in loader]) if paths else np.zeros((0, 1, 1, 3), np.uint8)
+def _stack_decoded(items):
+    """A worker's batch: its decoded images as one tensor (one shared-memory block per batch, not
+    one per image) and the positions and reasons of the files that failed."""
+    ok = [i for i, (x, _) in enumerate(items) if x is not None]
+    failed = [(i, why) for i, (x, why) in enumerate(items) if x is None]
+    return ok, torch.stack([items[i][0] for i in ok]) if ok else None, failed
 
 
-def load_tiny_imagenet(root, split, workers=0):
+def decode_images(paths, workers=0, shape=None, skip_bad=False, name='images'):
+    """Decode image files of one shape (default: the first readable file's) into one uint8
+    (N, H, W, 3) array, in parallel. Returns (images, kept): kept indexes the paths decoded.
+
+    A file that cannot be decoded or has another shape raises BadImage naming it and how many
+    there are; with skip_bad it is left out and a line reports how many."""
+    if shape is None:
+        probe = _Decode(paths)
+        shape = next((tuple(x.shape) for x, _ in map(probe.__getitem__, range(len(paths))) if x is not None), None)
+    batch = 256
+    loader = torch.utils.data.DataLoader(_Decode(paths, shape), batch_size=batch, num_workers=workers,
+                                         collate_fn=_stack_decoded)
+    parts, kept, bad = [], [], []
+    for b, (ok, images, failed) in enumerate(loader):
+        if images is not None:
+            parts.append(images.numpy())
+            kept.extend(b * batch + i for i in ok)
+        bad.extend((paths[b * batch + i], why) for i, why in failed)
+    if bad:
+        what = f'{name}: {len(bad)} of the {len(paths)} images cannot be read, first {bad[0][0]} ({bad[0][1]})'
+        if not kept:
+            raise BadImage(f'{what}; none is left, fetch the data set again')
+        if not skip_bad:
+            raise BadImage(f'{what}; fetch the data set again, delete the bad files, or {SKIP_HINT}')
+        print(f'{what}; going on without them (--skip_bad_images)', flush=True)
+    images = np.concatenate(parts) if parts else np.zeros((0,) + (shape or (1, 1, 3)), np.uint8)
+    return images, np.asarray(kept, dtype=np.int64)
+
+
+TINY_IMAGENET_SHAPE = (64, 64, 3)  # every official image, the grey ones once converted to RGB
+
+
+def load_tiny_imagenet(root, split, workers=0, skip_bad=False):
     paths, labels, wnids = tiny_imagenet_files(root, split)
-    return ArrayData(decode_images(paths, workers), labels, wnids)
+    images, kept = decode_images(paths, workers, TINY_IMAGENET_SHAPE, skip_bad, f'tiny_imagenet {split}')
+    return ArrayData(images, labels[kept], wnids)
 
 
 # ---------------------------------------------------------------- Fashion-MNIST
-def read_idx(path):
-    """An idx file (MNIST family), gzip-compressed or not, as a numpy array."""
-    with (gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb')) as f:
-        data = f.read()
-    zero, dtype_code, ndim = struct.unpack('>HBB', data[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f'{path} is not an unsigned-byte idx file')
-    shape = struct.unpack('>' + 'I' * ndim, data[4:4 + 4 * ndim])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+def _idx_fix(path):
+    if path.startswith(FASHION_MNIST_SYSTEM_DIR):
+        return 'reinstall it (apt-get install --reinstall dataset-fashion-mnist)'
+    return 'delete it and fetch it again (--download)'
+
+
+def read_idx(path, name='idx'):
+    """An idx file (MNIST family), gzip-compressed or not, as a numpy array. A cut-off gzip
+    stream, a foreign file or a payload of another size than the header's dimensions is
+    CorruptData naming the file and the sizes (data set `name`)."""
+    try:
+        with (gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb')) as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # cut off, not gzip at all, damaged inside
+        raise corrupt(name, path, f'cannot decompress it ({type(e).__name__}: {_one_line(e)})',
+                      _idx_fix(path)) from None
+    if len(data) < 4 or data[:3] != b'\x00\x00\x08' or data[3] == 0:
+        raise corrupt(name, path, f'not an unsigned-byte idx file (first bytes 0x{data[:4].hex()}, '
+                                  'expected 0x000008 and the number of dimensions)', _idx_fix(path))
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise corrupt(name, path, f'{len(data)} bytes, shorter than its {header}-byte header', _idx_fix(path))
+    shape = struct.unpack('>' + 'I' * ndim, data[4:header])
+    expected, found = int(np.prod(shape, dtype=np.int64)), len(data) - header
+    if found != expected:
+        raise corrupt(name, path, f'its header says {"x".join(map(str, shape))} = {expected} bytes of data, found '
+                                  f'{found}', _idx_fix(path))
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
 def find_idx(folders, stem):
@@ -252,14 +427,17 @@ def load_mnist_like(folders, split, name, root):
     lbl_path = find_idx(folders, f'{prefix}-labels-idx1-ubyte')
     if img_path is None or lbl_path is None:
         raise not_found(name, root, 'searched ' + ', '.join(folders))
-    images, labels = read_idx(img_path), read_idx(lbl_path).astype(np.int64)
-    if len(images) != len(labels):
-        raise ValueError(f'{img_path} has {len(images)} images but {lbl_path} has {len(labels)} labels')
+    images, labels = read_idx(img_path, name), read_idx(lbl_path, name).astype(np.int64)
+    if images.ndim != 3:
+        raise corrupt(name, img_path, f'{images.ndim} dimensions, expected 3 (N x height x width)', _idx_fix(img_path))
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise corrupt(name, lbl_path, f'{labels.shape} labels, expected one per image of {img_path} ({len(images)})',
+                      _idx_fix(lbl_path))
     return images, labels
 
 
 def grey_to_rgb(images, size):
-    """Grey (N, h, w) uint8 -> (N, size, size, 3) uint8, bilinear resize (REFERENCE.md section 3)."""
+    """Grey (N, h, w) uint8 -> (N, size, size, 3) uint8, bilinear resize (docs/protocol.md section 3)."""
     x = torch.from_numpy(np.array(images)).float().unsqueeze(1)
     if x.shape[-1] != size:
         x = torch.nn.functional.interpolate(x, size=(size, size), mode='bilinear', align_corners=False)
@@ -273,48 +451,182 @@ def load_fashionmnist(root, split, download=False):
         fetch_or_explain('fashionmnist', root, lambda: [torchvision.datasets.FashionMNIST(root, train=t, download=True)
                                                        for t in (True, False)])
     images, labels = load_mnist_like(fashion_mnist_folders(root), split, 'fashionmnist', root)
-    return ArrayData(grey_to_rgb(images, SPECS['fashionmnist'].size), labels, list(FASHION_CLASSES))
+    return ArrayData(grey_to_rgb(images, 32), labels, list(FASHION_CLASSES))
 
 
 # ---------------------------------------------------------------- ImageNet
-def imagenet_folder(root, split, transform=None):
+class CheckedImageFolder(torchvision.datasets.ImageFolder):
+    """An ImageFolder whose unreadable image (junk bytes, a cut-off file) raises BadImage naming
+    the file, or, with skip_bad, is replaced by the next readable image and counted.
+
+    The count and the first path skipped live in shared memory that DataLoader workers inherit
+    (fork) or receive when they start (spawn), so the main process sees every worker's skips:
+    read and reset them with take_skipped_images() at the end of an epoch."""
+
+    def __init__(self, root, transform=None, skip_bad=False, name='imagenet'):
+        super().__init__(root, transform)
+        self.skip_bad, self.name = skip_bad, name
+        # A spawn-context lock also works in forked workers; a fork-context one cannot go to spawned ones.
+        shared = multiprocessing.get_context('spawn')
+        self.skipped = shared.Value('q', 0)
+        self.first_skipped = shared.Array('c', 4096, lock=False)  # written under skipped's lock
+
+    def _read(self, path):
+        try:
+            return self.loader(path), None
+        except UNREADABLE as e:
+            return None, _why(e)
+
+    def __getitem__(self, index):
+        path, target = self.samples[index]
+        sample, why = self._read(path)
+        if why is not None:
+            if not self.skip_bad:
+                raise BadImage(f'{self.name}: cannot read image {path} ({why}); fetch it again or delete it, '
+                               f'or {SKIP_HINT} (each replaced by the next readable image and counted)')
+            with self.skipped.get_lock():
+                if not self.skipped.value:
+                    self.first_skipped.value = os.fsencode(path)[:4095]
+                self.skipped.value += 1
+            for offset in range(1, len(self.samples)):  # the next readable image, wrapping around
+                path, target = self.samples[(index + offset) % len(self.samples)]
+                sample, why = self._read(path)
+                if why is None:
+                    break
+            else:
+                raise BadImage(f'{self.name}: none of the {len(self.samples)} images under {self.root} can be '
+                               f'read, e.g. {path} ({why}); fetch the data set again')
+        if self.transform is not None:
+            sample = self.transform(sample)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return sample, target
+
+    def take_skipped(self):
+        with self.skipped.get_lock():
+            count, first = self.skipped.value, os.fsdecode(self.first_skipped.value) or None
+            self.skipped.value, self.first_skipped.value = 0, b''
+        return count, first
+
+
+def take_skipped_images(dataset):
+    """(count, first path) of the unreadable images `dataset` replaced since the last call, and
+    resets the count; (0, None) for a data set that never skips (in-memory arrays). Looks through
+    torch Subset wrappers. Each process (DDP rank) counts its own loader's skips."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    return dataset.take_skipped() if isinstance(dataset, CheckedImageFolder) else (0, None)
+
+
+def imagenet_folder(root, split, transform=None, skip_bad=False):
+    """The ImageFolder of root/split (CheckedImageFolder: an unreadable image is named, or with
+    skip_bad replaced and counted, see take_skipped_images)."""
     folder = os.path.join(root, split)
     if not os.path.isdir(folder):
         raise not_found('imagenet', root, f'no folder {folder}')
     try:
-        return torchvision.datasets.ImageFolder(folder, transform)
+        return CheckedImageFolder(folder, transform, skip_bad)
     except (FileNotFoundError, RuntimeError) as e:
         raise not_found('imagenet', root, str(e)) from e
 
 
-# ---------------------------------------------------------------- entry point
-def load(name, root='data', split='train', download=False, workers=0):
-    """The `split` of small data set `name` as ArrayData."""
+# ---------------------------------------------------------------- the registry
+# skip_bad: leave out unreadable image files; the array formats have none to leave out (a bad
+# file is the whole split), so their readers take it and ignore it.
+def _cifar(name):
+    return lambda root, split, download=False, workers=0, skip_bad=False: load_cifar(name, root, split, download)
+
+
+def _stl10(root, split, download=False, workers=0, skip_bad=False):
+    return load_stl10(root, split, download)
+
+
+def _tiny_imagenet(root, split, download=False, workers=0, skip_bad=False):
+    if download and not os.path.isdir(os.path.join(root, 'tiny-imagenet-200', 'train')):
+        fetch_or_explain('tiny_imagenet', root, lambda: torchvision.datasets.utils.download_and_extract_archive(
+            SPECS['tiny_imagenet'].url, root))
+    return load_tiny_imagenet(root, split, workers, skip_bad)
+
+
+def _fashionmnist(root, split, download=False, workers=0, skip_bad=False):
+    return load_fashionmnist(root, split, download)
+
+
+SPECS = {
+    'cifar10': Spec(32, False, '32px', CIFAR_MEAN, CIFAR_STD, 10, CIFAR_VIEW, ('train', 'train', 'test'),
+                    _cifar('cifar10'),
+                    'cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (CIFAR-10 python version)',
+                    'https://www.cs.toronto.edu/~kriz/cifar.html'),
+    'cifar100': Spec(32, False, '32px', CIFAR_MEAN, CIFAR_STD, 100,  # CIFAR-10 statistics: a reference quirk we keep
+                     CIFAR_VIEW, ('train', 'train', 'test'), _cifar('cifar100'),
+                     'cifar-100-python/{train, test, meta} (CIFAR-100 python version)',
+                     'https://www.cs.toronto.edu/~kriz/cifar.html'),
+    'stl10': Spec(64, True, '64px', (0.43, 0.42, 0.39), (0.27, 0.26, 0.27), 10, VIEW_64PX,
+                  ('train+unlabeled', 'train', 'test'), _stl10,
+                  'stl10_binary/{train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin}',
+                  'https://cs.stanford.edu/~acoates/stl10/', eval_resize=70),
+    'tiny_imagenet': Spec(64, True, '64px', (0.480, 0.448, 0.398), (0.277, 0.269, 0.282), 200, VIEW_64PX,
+                          ('train', 'train', 'val'), _tiny_imagenet,
+                          'tiny-imagenet-200/{wnids.txt, train/<wnid>/images/*.JPEG, '
+                          'val/images/*.JPEG, val/val_annotations.txt} (the official zip, unpacked)',
+                          'http://cs231n.stanford.edu/tiny-imagenet-200.zip'),
+    'fashionmnist': Spec(32, False, '32px', (0.2860,) * 3, (0.3530,) * 3, 10, CIFAR_VIEW, ('train', 'train', 'test'),
+                         _fashionmnist,
+                         'FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] '
+                         '(or apt-get install dataset-fashion-mnist)',
+                         'https://github.com/zalandoresearch/fashion-mnist'),
+    'imagenet': Spec(224, True, 'imagenet', (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1000, IMAGENET_VIEWS,
+                     ('train', 'train', 'val'), None,
+                     '{train,val}/<wnid>/*.JPEG (ImageFolder layout; --data_root is the ImageNet folder itself)',
+                     'https://www.image-net.org', eval_resize=256),
+}
+IN_MEMORY = tuple(sorted(n for n, s in SPECS.items() if s.in_memory))  # the small data sets
+
+
+# ---------------------------------------------------------------- pipelines (--pipeline)
+@dataclass(frozen=True)
+class Pipeline:
+    """The SSL views of a run and the mean/std that its training views and its evaluation inputs
+    (kNN monitor, linear evaluation) are normalised with. The evaluation geometry (eval_resize)
+    stays the registry row's: the W-MSE code's is the same (STL-10 Resize(70) + CenterCrop(64))."""
+    recipe: Recipe
+    mean: tuple
+    std: tuple
+
+
+# The W-MSE code's own data sets (htdt/self-supervised datasets/*.py, run unchanged by mix-bt's
+# ssl-sota/ for the paper's SimCLR, BYOL and W-MSE numbers; docs/protocol.md section 6): on every
+# data set ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8 and RandomGrayscale(0.1) come first, then
+# RandomResizedCrop(size, scale (0.2, 1), ratio (3/4, 4/3), bicubic) and the flip, 32 px on CIFAR
+# too; CIFAR-100 has its own statistics. No Fashion-MNIST, and its ImageNet is ImageNet-100: none here.
+WMSE_VIEW_32PX = Recipe(32, scale=(0.2, 1.0), kernel='bicubic', gray_p=0.1, color_first=True)
+WMSE_VIEW_64PX = Recipe(64, scale=(0.2, 1.0), kernel='bicubic', gray_p=0.1, color_first=True)
+WMSE_PIPELINE = {
+    'cifar10': Pipeline(WMSE_VIEW_32PX, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    'cifar100': Pipeline(WMSE_VIEW_32PX, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    'stl10': Pipeline(WMSE_VIEW_64PX, (0.43, 0.42, 0.39), (0.27, 0.26, 0.27)),
+    'tiny_imagenet': Pipeline(WMSE_VIEW_64PX, (0.480, 0.448, 0.398), (0.277, 0.269, 0.282)),
+}
+PIPELINES = ('mixbt', 'wmse')
+
+
+def select_pipeline(name, pipeline='mixbt'):
+    """The views and normalisation of data set `name` under --pipeline: 'mixbt' is the registry
+    row's own (section 3), 'wmse' the W-MSE code's (WMSE_PIPELINE)."""
+    if pipeline == 'mixbt':
+        return Pipeline(SPECS[name].recipe, SPECS[name].mean, SPECS[name].std)
+    if pipeline == 'wmse':
+        if name not in WMSE_PIPELINE:
+            raise MixBTError(f'--pipeline wmse: the W-MSE code has no {name} pipeline; use --pipeline mixbt '
+                             f'or one of {sorted(WMSE_PIPELINE)}')
+        return WMSE_PIPELINE[name]
+    raise MixBTError(f'unknown --pipeline {pipeline!r}; choose one of {list(PIPELINES)}')
+
+
+def load(name, root='data', split='train', download=False, workers=0, skip_bad=False):
+    """The `split` of in-memory data set `name` as ArrayData; skip_bad: leave out unreadable image files."""
     if name not in SPECS:
-        raise ValueError(f'unknown data set {name!r}; choose one of {sorted(SPECS)}')
-    if name in ('cifar10', 'cifar100'):
-        return load_cifar(name, root, split, download)
-    if name == 'stl10':
-        return load_stl10(root, split, download)
-    if name == 'tiny_imagenet':
-        if download and not os.path.isdir(os.path.join(root, 'tiny-imagenet-200', 'train')):
-            fetch_or_explain(name, root, lambda: torchvision.datasets.utils.download_and_extract_archive(
-                SPECS[name].url, root))
-        return load_tiny_imagenet(root, split, workers)
-    if name == 'fashionmnist':
-        return load_fashionmnist(root, split, download)
-    raise ValueError(f'{name} is not an in-memory data set; use imagenet_folder()')
-
-
-def eval_images(name, data):
-    """Apply the deterministic geometric part of the evaluation transform once, up front.
-
-    STL-10: Resize(70, bicubic) + CenterCrop(64) (REFERENCE.md section 3); the others are
-    evaluated at their stored size. Returns uint8 (N, S, S, 3), bit-identical to what the
-    PIL transform produces before ToTensor."""
-    spec = SPECS[name]
-    if data.images.shape[1] == spec.size and data.images.shape[2] == spec.size:
-        return data.images
-    from augment import eval_geometry
-    geometry = eval_geometry(name)
-    return np.stack([np.asarray(geometry(Image.fromarray(im))) for im in data.images])
+        raise MixBTError(f'unknown data set {name!r}; choose one of {sorted(SPECS)}')
+    if not SPECS[name].in_memory:
+        raise MixBTError(f'{name} is not an in-memory data set; use imagenet_folder()')
+    return SPECS[name].reader(root, split, download, workers, skip_bad=skip_bad)

@@ -4,7 +4,8 @@ The loss code sums cross-correlation matrices over the global batch with `all_re
 which is autograd-aware: its backward all-reduces the gradient too. Every rank computes the
 same global loss, so each rank's local gradient is W times its share; DDP's averaging then
 divides by W, and the parameter gradients equal those of one process on the global batch
-(the reference's plain all_reduce gives 1/W of that: REFERENCE.md section 1).
+(the reference's plain all_reduce gives 1/W of that: docs/protocol.md section 1; the
+`grad_scale` of utils.backward_step reproduces it where wanted, section 4).
 """
 import os
 import subprocess

@@ -1,65 +1,28 @@
 """Batched SSL views on the training device (the airbench data path, DESIGN.md).
 
-The training set lives on the device as uint8; each step gathers a batch and augments it
-with per-sample random parameters in a few dozen batched tensor ops, with no host sync
-(tests run it on the meta device, where reading a value fails). It follows the
-torchvision/PIL pipelines of augment.ssl_views (REFERENCE.md section 3) in distribution, and
-given the same parameters it matches torchvision's tensor ops to 1e-4 and PIL to its uint8
-rounding (tests/test_gpu_augment.py).
-
-Faithful to torchvision, on purpose:
-* RandomResizedCrop: the same 10 attempts (area ~ U(scale) * H*W, log-aspect ~ U(log ratio),
-  w, h = round(sqrt(..)), the first attempt that fits wins), drawn for all samples at once,
-  then torchvision's centre-crop fallback; integer boxes, offsets uniform like torch.randint.
-* Resampling: PIL's separable filter exactly (PIL is what torchvision calls on PIL images):
-  a triangle (bilinear) or Keys a=-0.5 (bicubic) kernel whose support widens by the scale
-  factor when downscaling (= PIL's antialiasing), taps limited to the crop and renormalised,
-  bicubic clipped to [0, 1] after each pass like PIL's uint8 intermediate. Two batched matmuls
-  with per-sample weight matrices; the flip is folded into them. grid_sample would not
-  antialias: on STL-10-like photo crops (96 px source, 70% of the crops shrink) that changes
-  pixels by 0.71/255 on average and up to 53/255, and moves the result away from PIL's from
-  0.30/255 (rounding) to 0.82/255 on average (antialias_effect(); test_downscaling_antialiases_like_pil).
-* ColorJitter(0.4, 0.4, 0.4, 0.1) with p: every sample has its own factors and its own random
-  order of brightness/contrast/saturation/hue; blends clamp to [0, 1]; contrast blends with the
-  mean of the grey image; hue shifts H in HSV (torchvision's tensor formulas).
-* Grayscale: 0.299 R + 0.587 G + 0.114 B (PIL's convert('L')).
-
-Known differences, all small: PIL rounds to uint8 after every operation and its hue shift goes
-through 8-bit HSV (so a jittered PIL view carries up to ~16/255 of quantisation noise at single
-pixels, 0.9/255 on average; ours is the exact shift). The installed Pillow (13.0) runs the
-vertical pass first for some crops (h > S and 2w < h + S), which only moves where a bicubic
-overshoot is clipped: one photo pixel in 10^4 differs by more than 1.4/255. On CUDA, matmuls
-may use TF32 (~1e-3 relative). The hue position is stratified over the batch (sample_params).
+The training set lives on the device as uint8; each step augments a batch with per-sample random
+parameters in batched tensor ops, with no host sync. The views follow the torchvision/PIL pipelines
+of augment.ssl_views (docs/protocol.md section 3) in distribution, and given the same parameters
+they are PIL's pixels: every step lands on the uint8 value PIL stores, up to the rounding of
+resampling sums (tests/test_gpu_augment.py).
 """
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 import data as datasets
 import distributed as D
+from errors import MixBTError
 from utils import device_constant
 
-GRAY = (0.299, 0.587, 0.114)  # PIL's ITU-R 601-2 luma
+GRAY = (19595, 38470, 7471)  # PIL's ITU-R 601-2 luma in 16-bit fixed point (Convert.c's L24)
+# hsv2rgb's choice among (v, p, q, t) for R, G, B in each sextant of the hue
+SEXTANTS = ((0, 3, 1), (2, 0, 1), (1, 0, 3), (1, 2, 0), (3, 1, 0), (0, 1, 2))
 
 
-@dataclass(frozen=True)
-class Recipe:
-    size: int                      # output side
-    scale: tuple                   # RandomResizedCrop area range
-    ratio: tuple                   # RandomResizedCrop aspect range
-    kernel: str                    # 'bilinear' | 'bicubic'
-    jitter_p: float
-    gray_p: float
-    color_first: bool              # colour ops before the crop (STL-10/Tiny-ImageNet) or after it (CIFAR)
-    jitter: tuple = (0.4, 0.4, 0.4, 0.1)  # ColorJitter brightness, contrast, saturation, hue
-
-
-_CIFAR = Recipe(32, (0.08, 1.0), (3 / 4, 4 / 3), 'bilinear', 0.8, 0.2, False)
-_64PX = Recipe(64, (0.2, 1.0), (3 / 4, 4 / 3), 'bicubic', 0.8, 0.1, True)
-# augment.ssl_views, one entry per in-memory data set (test_recipes_match_augment_py checks it).
-RECIPES = {'cifar10': _CIFAR, 'cifar100': _CIFAR, 'fashionmnist': _CIFAR, 'stl10': _64PX, 'tiny_imagenet': _64PX}
+# The SSL view of each in-memory data set: its registry row's recipe (data.Recipe), as augment.py builds it.
+RECIPES = {name: spec.recipe for name, spec in datasets.SPECS.items() if spec.in_memory}
 
 ATTEMPTS = 10  # torchvision's RandomResizedCrop.get_params
 
@@ -131,6 +94,12 @@ def sample_params(n, recipe, height, width, generator, device):
 
 
 # ---------------------------------------------------------------------------- resampling
+# Pixels are floats on PIL's uint8 grid (0..255) from the first step to the last.
+def to_uint8(x):
+    """PIL's uint8 result of a resampling pass: rounded half up, clipped to [0, 255] (in place)."""
+    return x.add_(0.5).floor_().clamp_(0, 255)
+
+
 def _filter(x, kernel):
     x = x.abs()
     if kernel == 'bilinear':
@@ -141,76 +110,95 @@ def _filter(x, kernel):
     return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
 
 
-def resize_weights(start, length, out_size, in_size, kernel='bilinear', antialias=True):
+def resize_weights(start, length, out_size, in_size, kernel='bilinear'):
     """(N, out_size, in_size) matrices resampling pixels [start, start + length) of a line of
-    in_size pixels to out_size pixels, as PIL's ImagingResample does (precompute_coeffs)."""
+    in_size pixels to out_size pixels, as PIL's ImagingResample does (precompute_coeffs): the
+    kernel's support widens by the scale factor when downscaling (PIL's antialiasing) and the taps
+    are limited to the crop and renormalised."""
     start, length = start.float()[:, None, None], length.float()[:, None, None]
     scale = length / out_size
-    support_scale = scale.clamp_min(1.0) if antialias else torch.ones_like(scale)
     centre = start + (torch.arange(out_size, device=start.device).view(1, -1, 1) + 0.5) * scale
     x = torch.arange(in_size, device=start.device).view(1, 1, -1).float()
-    w = _filter((x + 0.5 - centre) / support_scale, kernel)
+    w = _filter((x + 0.5 - centre) / scale.clamp_min(1.0), kernel)
     w = w * ((x >= start) & (x < start + length))
     return w / w.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
-def crop_resize(x, crop, size, kernel='bilinear', flip=None, antialias=True, clamp=True):
-    """Crop boxes (N, 4) = (i, j, h, w) of float images x (N, C, H, W), each resized to size x size,
-    mirrored where flip (N,) is set. clamp: clip to [0, 1] after each pass (PIL's uint8)."""
+def crop_resize(x, crop, size, kernel='bilinear', flip=None):
+    """Crop boxes (N, 4) = (i, j, h, w) of images x (N, C, H, W) in 0..255, each resized to
+    size x size and mirrored where flip (N,) is set, in PIL's two passes (horizontal first), each
+    with a uint8 result. Two batched matmuls with per-sample weights; the flip is folded in."""
     n, c, height, width = x.shape
-    wy = resize_weights(crop[:, 0], crop[:, 2], size, height, kernel, antialias)
-    wx = resize_weights(crop[:, 1], crop[:, 3], size, width, kernel, antialias)
+    wy = resize_weights(crop[:, 0], crop[:, 2], size, height, kernel)
+    wx = resize_weights(crop[:, 1], crop[:, 3], size, width, kernel)
     if flip is not None:
         wx = torch.where(flip[:, None, None], wx.flip(1), wx)
-    clamp = clamp and kernel != 'bilinear'  # convex bilinear weights cannot leave [0, 1]
-    out = torch.bmm(x.reshape(n, c * height, width), wx.transpose(1, 2))  # horizontal pass first, as PIL
-    if clamp:
-        out = out.clamp_(0, 1)
-    out = torch.einsum('nsh,nchw->ncsw', wy, out.view(n, c, height, size))
-    return out.clamp_(0, 1) if clamp else out
+    out = to_uint8(torch.bmm(x.reshape(n, c * height, width), wx.transpose(1, 2)))
+    return to_uint8(torch.einsum('nsh,nchw->ncsw', wy, out.view(n, c, height, size)))
 
 
 # ---------------------------------------------------------------------------- colour
-# (float arithmetic rather than boolean masks on whole images: bool kernels are slow on CPU)
+# PIL's own integer and float arithmetic, so that every step lands on the uint8 value PIL stores;
+# per-sample choices as float weights rather than boolean masks on whole images (slow on CPU).
 def grayscale(x):
-    """(N, 1, H, W) luma of (N, 3, H, W) images."""
-    n, _, height, width = x.shape
-    return torch.matmul(device_constant(GRAY, x.device).view(1, 1, 3), x.reshape(n, 3, -1)).view(n, 1, height, width)
+    """PIL's convert('L') of (N, 3, H, W) images: (N, 1, H, W), rounded like PIL. Elementwise,
+    as the fixed-point sum is exact in float32 (a matmul may run in TF32 on CUDA)."""
+    r, g, b = x.unbind(1)
+    return (r * GRAY[0] + g * GRAY[1] + b * GRAY[2] + 32768).div_(65536).floor_().unsqueeze(1)
 
 
-def adjust_hue(x, shift):
-    """Rotate the hue of x (N, 3, H, W) in [0, 1] by shift (N,) turns: torchvision's
-    RGB -> HSV -> RGB (_rgb2hsv, _hsv2rgb) in closed form; V and the chroma V - min are kept."""
+def rgb_to_hsv(x):
+    """PIL's 8-bit HSV (rgb2hsv_row) of (N, 3, H, W) images: h, s, v, each (N, H, W).
+    The hue mixes float and double as PIL's C code does: where 255 * hue is a whole number,
+    that decides between it and the one below (0.3% of all colours)."""
     r, g, b = x.unbind(1)
     maxc = x.amax(1)
     chroma = maxc - x.amin(1)
-    # hue * chroma in sextants; ties between maximal channels give the same hue either way
-    hue = torch.where(maxc == r, g - b, torch.where(maxc == g, b - r + 2 * chroma, r - g + 4 * chroma))
-    hue = hue / chroma.clamp_min(1e-12) + 6 * shift.view(-1, 1, 1)  # |g - b| <= chroma: bounded
-    hue = hue - 6 * torch.floor(hue / 6)
-    # channel = V - chroma * clamp(2 - |k - 2|, 0, 1) with k = (hue + 5, 3, 1 for R, G, B) mod 6;
-    # for k in [1, 11), |k - 2| mod 6 is ||k - 5| - 3|, so no second modulo is needed.
-    k = hue.unsqueeze(1) + device_constant((5.0, 3.0, 1.0), x.device).view(1, 3, 1, 1)
-    k = k.sub_(5).abs_().sub_(3).abs_().neg_().add_(2).clamp_(0, 1)
-    return k.mul_(chroma.unsqueeze(1)).neg_().add_(maxc.unsqueeze(1))
+    c = chroma.clamp_min(1)  # chroma 0 (grey): every term below is 0, as PIL's h = s = 0
+    rc, gc, bc = (maxc - r) / c, (maxc - g) / c, (maxc - b) / c
+    h = torch.where(r == maxc, (bc - gc).double(), torch.where(g == maxc, 2 + rc.double() - bc, 4 + gc.double() - rc))
+    h = torch.fmod(h.float().double() / 6 + 1, 1).float()
+    hue = torch.trunc(h.double() * 255).float()
+    return hue, torch.floor(255 * chroma / maxc.clamp_min(1)), maxc  # floor = PIL's (int)(s * 255.0)
+
+
+def hsv_to_rgb(h, s, v):
+    """PIL's 8-bit HSV -> RGB (hsv2rgb): (N, 3, H, W) from h, s, v (N, H, W). Sextant 6 is 0."""
+    i = torch.floor(h * 6 / 255)
+    f, fs = (h * 6 - 255 * i) / 255, s / 255
+    p, q, t = (to_uint8(v * (1 - fs)), to_uint8(v * (1 - fs * f)), to_uint8(v * (1 - fs * (1 - f))))
+    pick = device_constant(SEXTANTS, v.device)[i.long() % 6].permute(0, 3, 1, 2)
+    return torch.stack([v, p, q, t], 1).gather(1, pick)
+
+
+def adjust_hue(x, shift):
+    """torchvision's adjust_hue on PIL images, for x (N, 3, H, W) and shift (N,) turns: PIL's 8-bit
+    H plus int(shift * 255), wrapping around at 256 like numpy's uint8."""
+    h, s, v = rgb_to_hsv(x)
+    step = torch.trunc(shift.double() * 255).float().view(-1, 1, 1)
+    return hsv_to_rgb(torch.remainder(h + step, 256), s, v)
 
 
 def color_jitter(x, order, factors, on):
     """ColorJitter with per-sample factors (N, 4) applied in per-sample order (N, 4) where on (N,).
 
-    Brightness, contrast and saturation are blends f * x + (1 - f) * D with D = 0, the mean grey
-    level, or the grey image; step k applies each sample's k-th blend (factor 1 for the samples
-    whose k-th operation is the hue shift). The batch must be sorted by hue position (the
-    `slots` of sample_params): step k shifts the hue of the k-th quarter only."""
-    n = x.shape[0]
+    Brightness, contrast and saturation are PIL's ImageEnhance blends: f * x + (1 - f) * D,
+    truncated to uint8, with D = 0, the grey image's rounded mean, or the grey image; step k
+    applies each sample's k-th blend (factor 1 for the samples whose k-th operation is the hue
+    shift). The batch must be sorted by hue position (the `slots` of sample_params): step k
+    shifts the hue of the k-th quarter only."""
+    n, pixels = x.shape[0], x.shape[2] * x.shape[3]
     view = lambda t: t.float().view(-1, 1, 1, 1)
     blend = torch.where(on[:, None], factors[:, :3], torch.ones_like(factors[:, :3]))
     blend = torch.cat([blend, torch.ones_like(blend[:, :1])], 1)  # the hue "blend" is the identity
     for k, (lo, hi) in enumerate(hue_group_bounds(n)):
         op = order[:, k]
         gray = grayscale(x)
-        degenerate = torch.lerp(gray, gray.mean((2, 3), keepdim=True), view(op == 1)).mul_(view(op != 0))
-        x = torch.lerp(degenerate, x, view(blend.gather(1, op[:, None]))).clamp_(0, 1)
+        # Contrast's int(mean + 0.5); the float32 sum is exact up to 256 x 256 pixels
+        mean = gray.sum((2, 3), keepdim=True).add_(pixels / 2).div_(pixels).floor_()
+        degenerate = torch.lerp(gray, mean, view(op == 1)).mul_(view(op != 0))
+        # Image.blend: in1 + alpha * (in2 - in1) in float32, clipped, truncated toward zero
+        x = x.sub(degenerate).mul_(view(blend.gather(1, op[:, None]))).add_(degenerate).clamp_(0, 255).floor_()
         if hi > lo:
             part = x[lo:hi]
             x[lo:hi] = torch.lerp(part, adjust_hue(part, factors[lo:hi, 3]), view(on[lo:hi]))
@@ -222,33 +210,31 @@ def random_grayscale(x, gray):
 
 
 # ---------------------------------------------------------------------------- pipeline
-def apply_params(images, params, recipe, antialias=True):
+def apply_params(images, params, recipe):
     """uint8 (N, 3, H, W) -> float views (N, 3, S, S) in [0, 1], for given parameters."""
     slots = params['slots']  # work in hue-position order (color_jitter), return in the input order
     p = {k: v[slots] for k, v in params.items()}
-    x = images[slots].to(torch.float32, memory_format=torch.contiguous_format).div_(255)
+    x = images[slots].to(torch.float32, memory_format=torch.contiguous_format)
     if recipe.color_first:  # STL-10/Tiny-ImageNet: jitter and grayscale on the full image, then crop
         x = random_grayscale(color_jitter(x, p['order'], p['factors'], p['jitter']), p['gray'])
-        x = crop_resize(x, p['crop'], recipe.size, recipe.kernel, p['flip'], antialias)
+        x = crop_resize(x, p['crop'], recipe.size, recipe.kernel, p['flip'])
     else:
-        x = crop_resize(x, p['crop'], recipe.size, recipe.kernel, p['flip'], antialias)
+        x = crop_resize(x, p['crop'], recipe.size, recipe.kernel, p['flip'])
         x = random_grayscale(color_jitter(x, p['order'], p['factors'], p['jitter']), p['gray'])
-    return torch.empty_like(x).index_copy_(0, slots, x)
+    return torch.empty_like(x).index_copy_(0, slots, x).div_(255)  # ToTensor's x / 255
 
 
-def normalize(x, dataset):
-    spec = datasets.SPECS[dataset]
-    mean = device_constant(tuple(spec.mean), x.device).view(1, 3, 1, 1)
-    std = device_constant(tuple(spec.std), x.device).view(1, 3, 1, 1)
+def normalize(x, mean, std):
+    mean = device_constant(tuple(mean), x.device).view(1, 3, 1, 1)
+    std = device_constant(tuple(std), x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
-def augment_batch(images, dataset, generator):
-    """One SSL view of each uint8 image (N, 3, H, W): normalised float (N, 3, S, S).
-    All randomness comes from `generator` (on the images' device)."""
-    recipe = RECIPES[dataset]
+def augment_batch(images, recipe, mean, std, generator):
+    """One SSL view of each uint8 image (N, 3, H, W) by `recipe` (a data.Recipe), normalised with
+    (mean, std): float (N, 3, S, S). All randomness comes from `generator` (on the images' device)."""
     params = sample_params(images.shape[0], recipe, images.shape[2], images.shape[3], generator, images.device)
-    return normalize(apply_params(images, params, recipe), dataset)
+    return normalize(apply_params(images, params, recipe), mean, std)
 
 
 def stream_seed(*keys):
@@ -265,7 +251,9 @@ class DeviceViews:
 
     def __init__(self, args, train, n_views, device):
         if args.dataset not in RECIPES:
-            raise ValueError(f'--aug gpu has no recipe for {args.dataset!r}; use --aug cpu')
+            raise MixBTError(f'--aug gpu has no recipe for {args.dataset!r}; use --aug cpu')
+        pipeline = datasets.select_pipeline(args.dataset, getattr(args, 'pipeline', 'mixbt'))
+        self.recipe, self.mean, self.std = pipeline.recipe, pipeline.mean, pipeline.std
         # NHWC memory seen as NCHW: the uint8 set is channels_last without a copy.
         self.images = torch.from_numpy(np.ascontiguousarray(train.images)).to(device).permute(0, 3, 1, 2)
         self.dataset, self.n_views, self.device, self.seed = args.dataset, n_views, device, args.seed
@@ -290,21 +278,7 @@ class DeviceViews:
         gen = torch.Generator(device=self.device).manual_seed(stream_seed(2, self.seed, epoch, D.rank()))
         for idx in self.batch_indices(epoch):
             batch = self.images[idx]
-            views = [augment_batch(batch, self.dataset, gen) for _ in range(self.n_views)]
+            views = [augment_batch(batch, self.recipe, self.mean, self.std, gen) for _ in range(self.n_views)]
             if self.channels_last:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
             yield views
-
-
-# ---------------------------------------------------------------------------- measurement
-def antialias_effect(images, dataset='stl10', n=512, seed=0):
-    """Mean and max |PIL-style antialiased - plain| pixel difference (in 1/255) of the crops,
-    i.e. what grid_sample-style resampling would change. images: uint8 (N, 3, H, W)."""
-    recipe = RECIPES[dataset]
-    gen = torch.Generator(device=images.device).manual_seed(seed)
-    batch = images[torch.randint(len(images), (n,), generator=gen, device=images.device)]
-    params = sample_params(n, recipe, batch.shape[2], batch.shape[3], gen, images.device)
-    params['jitter'] = torch.zeros_like(params['jitter'])
-    params['gray'] = torch.zeros_like(params['gray'])
-    diff = (apply_params(batch, params, recipe, True) - apply_params(batch, params, recipe, False)).abs() * 255
-    return diff.mean().item(), diff.max().item()

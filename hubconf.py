@@ -1,16 +1,20 @@
 """torch.hub entry points: the backbones released with the paper and the official Barlow Twins.
 
+    model = torch.hub.load('<owner>/<repo>', 'resnet50')   # as the original hubconf: torchvision ResNet-50
+                                                           # (with fc) holding the official Barlow Twins weights
+    backbone = torch.hub.load('<owner>/<repo>', 'mixbt_resnet50', dataset='imagenet', variant='mixbt-1.0')
     backbone = torch.hub.load('<owner>/<repo>', 'resnet18', dataset='cifar10')       # released weights
-    backbone = torch.hub.load('<owner>/<repo>', 'resnet50', dataset='imagenet', variant='mixbt-1.0')
     backbone = torch.hub.load('<owner>/<repo>', 'resnet18', dataset='stl10', weights='checkpoints/x.pth')
 
-Each returns a module mapping images to flattened backbone features (N, 512 or 2048),
-loaded strictly (model.load_backbone). `weights` may be a local file or a URL.
+The Mix-BT entries return a module mapping images to flattened backbone features (N, 512 or
+2048), loaded strictly (checkpoints.load_backbone). `weights` may be a local file or a URL.
 """
 import os
 
 import torch
 import torch.nn as nn
+
+from errors import MixBTError
 
 dependencies = ['torch', 'torchvision']
 
@@ -51,13 +55,13 @@ def released_url(arch, dataset, variant=None):
         return OFFICIAL_BT_URL
     if key not in RELEASED:
         choices = sorted({k[1] + (f" variant={k[2]}" if len(k) > 2 else '') for k in RELEASED if k[0] == arch})
-        raise ValueError(f'no released {arch} for {dataset!r} (variant {variant}); released: {choices}'
+        raise MixBTError(f'no released {arch} for {dataset!r} (variant {variant}); released: {choices}'
                          + ("; variant='official' for the official Barlow Twins" if dataset == 'imagenet' else ''))
     return RELEASE_URL + RELEASED[key][0]
 
 
 def _load_state(weights):
-    from model import read_checkpoint
+    from checkpoints import read_checkpoint
     if os.path.isfile(weights):
         return read_checkpoint(weights)
     if weights.startswith(('http://', 'https://')):
@@ -67,17 +71,19 @@ def _load_state(weights):
             os.makedirs(folder, exist_ok=True)
             torch.hub.download_url_to_file(weights, path)
         return read_checkpoint(path)  # weights only, with the same clear errors as a local file
-    raise FileNotFoundError(f'weights {weights!r}: no such file, and not a URL')
+    raise MixBTError(f'weights {weights!r}: no such file, and not a URL')
 
 
 def _backbone(arch, dataset, pretrained, weights, variant):
-    from model import _resnet, small_backbone, load_backbone
+    from checkpoints import load_backbone
+    from data import SPECS
+    from model import resnet, small_backbone
     if not pretrained and weights is None:
         if dataset == 'imagenet':
-            net = _resnet(arch)
+            net = resnet(arch)
             net.fc = nn.Identity()
             return Features(net)
-        return Features(small_backbone(arch, dataset))
+        return Features(small_backbone(arch, SPECS[dataset].maxpool))
     source = weights or released_url(arch, dataset, variant)
     backbone, _, _ = load_backbone(source, dataset, arch, state=_load_state(source))
     return Features(backbone)
@@ -88,8 +94,25 @@ def resnet18(dataset='cifar10', pretrained=True, weights=None, variant=None):
     return _backbone('resnet18', dataset, pretrained, weights, variant)
 
 
-def resnet50(dataset='imagenet', pretrained=True, weights=None, variant='mixbt-1.0'):
-    """Mix-BT ResNet-50: dataset imagenet (variant bt, mixbt-0.0025, mixbt-0.1, mixbt-1.0 or
+def resnet50(pretrained=True, **kwargs):
+    """What the original hubconf's resnet50 returns: a torchvision ResNet-50, fc included (not
+    trained: the release has none), holding the official Barlow Twins weights. Every other key
+    is checked. kwargs go to torchvision's constructor. The Mix-BT weights: mixbt_resnet50."""
+    from torchvision.models import resnet50 as torchvision_resnet50
+    from checkpoints import CheckpointError, _unwrap, compare_state
+    model = torchvision_resnet50(**kwargs)
+    if pretrained:
+        state = _unwrap(_load_state(OFFICIAL_BT_URL))
+        missing, unexpected, shapes = compare_state(model.state_dict(), state)
+        if unexpected or shapes or any(not k.startswith('fc.') for k in missing):
+            raise CheckpointError(f'{OFFICIAL_BT_URL} does not match a torchvision ResNet-50: missing {missing[:5]}, '
+                                  f'unexpected {unexpected[:5]}, shapes {shapes[:5]}')
+        model.load_state_dict(state, strict=False)
+    return model
+
+
+def mixbt_resnet50(dataset='imagenet', pretrained=True, weights=None, variant='mixbt-1.0'):
+    """Mix-BT ResNet-50 backbone: dataset imagenet (variant bt, mixbt-0.0025, mixbt-0.1, mixbt-1.0 or
     official = the official Barlow Twins 1000-epoch model) or a small data set."""
     return _backbone('resnet50', dataset, pretrained, weights, variant)
 

@@ -1,4 +1,4 @@
-"""Linear evaluation of a pretrained backbone (REFERENCE.md section 5).
+"""Linear evaluation of a pretrained backbone (docs/protocol.md section 5).
 
 Small data sets (the reference linear.py):
     python linear.py --dataset cifar10 --arch resnet18 --model_path checkpoints/<file>.pth
@@ -15,13 +15,14 @@ import os
 import urllib.request
 
 import torch
-import torch.nn as nn
 
 import augment
 import data as datasets
 import distributed as D
-from model import CheckpointError, load_backbone, resolve_dataset_arg
-from probe import Probe, extract_features, feature_batches, fit, open_run
+from checkpoints import load_backbone, resolve_dataset_arg
+from errors import MixBTError
+from runs import check_writable
+from probe import Probe, fit, folder_held, frozen_probe, image_batches, open_run, wrap_ddp
 from utils import autocast_dtype, grad_scaler, run_command, seed_everything
 
 SIMCLR_SUBSETS = 'https://raw.githubusercontent.com/google-research/simclr/master/imagenet_subsets/{}percent.txt'
@@ -47,6 +48,8 @@ def get_args(argv=None):
     a('--no_aug', action='store_true',
       help='train on un-augmented images: features are extracted once and cached (much faster)')
     a('--download', action='store_true')
+    a('--skip_bad_images', action='store_true',
+      help='replace unreadable training images (ImageNet) or leave them out (Tiny-ImageNet), with a count')
     a('--subset', default=0, type=int, help='use only N images of each split')
     a('--resume', default=None, help='probe run folder (or its checkpoint.pth) to continue')
     a('--precision', default='auto', choices=['auto', 'fp32', 'bf16', 'fp16'])
@@ -56,84 +59,39 @@ def get_args(argv=None):
     a('--train-percent', '--train-perc', dest='train_percent', default=100, type=int, choices=[100, 10, 1])
     a('--train-files', dest='train_files', default=None,
       help='SimCLR subset list for --train-percent 1/10: local file or URL (default: its public URL)')
-    a('--lr-backbone', dest='lr_backbone', default=0.0, type=float)
-    a('--lr-classifier', dest='lr_classifier', default=0.3, type=float)
+    a('--lr-backbone', dest='lr_backbone', default=None, type=float, help='ImageNet: default 0.0')
+    a('--lr-classifier', dest='lr_classifier', default=None, type=float, help='ImageNet: default 0.3')
     a('--weight-decay', dest='weight_decay', default=None, type=float, help='default 5e-6 (ImageNet: 1e-6)')
     a('--image_size', default=224, type=int, help='ImageNet crop size')
     a('--print-freq', dest='print_freq', default=100, type=int, help='accepted for compatibility')
     args = resolve_dataset_arg(p.parse_args(argv), datasets.SPECS)
-    imagenet = args.dataset == 'imagenet'
-    args.batch_size = args.batch_size or (256 if imagenet else 512)
-    args.epochs = args.epochs or (100 if imagenet else 200)
-    args.weight_decay = args.weight_decay if args.weight_decay is not None else (1e-6 if imagenet else 5e-6)
+    imagenet = not datasets.SPECS[args.dataset].in_memory
+    for key, value in (('batch_size', 256 if imagenet else 512), ('epochs', 100 if imagenet else 200),
+                       ('weight_decay', 1e-6 if imagenet else 5e-6)):
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for key in ('batch_size', 'epochs'):
+        if getattr(args, key) < 1:
+            raise MixBTError(f'--{key} {getattr(args, key)} must be at least 1')
+    for key in ('workers', 'subset', 'weight_decay'):
+        if getattr(args, key) < 0:
+            raise MixBTError(f'--{key} {getattr(args, key)} must be >= 0')
+    if not imagenet:
+        given = [f'--{k.replace("_", "-")}' for k in ('lr_classifier', 'lr_backbone') if getattr(args, k) is not None]
+        if given:
+            raise MixBTError(f'{" and ".join(given)}: the ImageNet protocol\'s learning rates; the small-data probe uses '
+                             'Adam 1e-2 decaying to 1e-6 (docs/protocol.md section 5). Leave them out')
+    else:
+        args.lr_classifier = 0.3 if args.lr_classifier is None else args.lr_classifier
+        args.lr_backbone = 0.0 if args.lr_backbone is None else args.lr_backbone
     if args.weights == 'finetune' and not imagenet:
-        raise SystemExit('error: --weights finetune is the ImageNet semi-supervised protocol (--dataset imagenet)')
+        raise MixBTError('--weights finetune is the ImageNet semi-supervised protocol (--dataset imagenet)')
     if args.train_percent != 100 and not imagenet:
-        raise SystemExit('error: --train-percent 1/10 selects the SimCLR ImageNet subsets (--dataset imagenet)')
+        raise MixBTError('--train-percent 1/10 selects the SimCLR ImageNet subsets (--dataset imagenet)')
     if args.train_files and args.train_percent == 100:
-        raise SystemExit('error: --train-files is the subset list of --train-percent 1 or 10; with --train-percent 100 '
+        raise MixBTError('--train-files is the subset list of --train-percent 1 or 10; with --train-percent 100 '
                          'the whole training set is used (give --train-percent too)')
     return args
-
-
-def wrap_ddp(module, device):
-    if D.world_size() == 1:
-        return module
-    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == 'cuda' else None)
-
-
-def image_batches(dataset, args, device, shuffle=True):
-    """A function epoch -> this rank's batches of `dataset` (global batch args.batch_size).
-    Without shuffling (evaluation) every sample is seen exactly once over all ranks."""
-    if shuffle:
-        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=D.world_size(), rank=D.rank(),
-                                                      shuffle=True, seed=args.seed)
-    else:
-        sampler = range(D.rank(), len(dataset), D.world_size())
-    loader = torch.utils.data.DataLoader(dataset, batch_size=max(args.batch_size // D.world_size(), 1),
-                                         sampler=sampler, num_workers=args.workers,
-                                         pin_memory=device.type == 'cuda')
-
-    def batches(epoch):
-        if shuffle:
-            sampler.set_epoch(epoch)
-        loader.generator = torch.Generator().manual_seed(args.seed * 100003 + epoch * 1009 + D.rank())
-        return loader
-    return batches, len(loader)
-
-
-def frozen_probe(args, *, backbone, emb, num_classes, train_ds, train_is_augmented, test_ds, device, amp,
-                 optimizer_fn, scheduler_fn, prefix, project, wandb_group=None, wandb_name=None, fc_init=None):
-    """Run a frozen-backbone probe: cached features where the inputs are deterministic."""
-    probe = Probe(backbone, emb, num_classes, freeze=True)
-    if fc_init is not None:
-        fc_init(probe.fc)
-    probe.to(device)
-    run_dir, run_id, saved, log = open_run(args, prefix, project, wandb_group, wandb_name)
-    if D.is_main():
-        print(f'Run folder: {run_dir}')
-    optimizer = optimizer_fn(probe.fc.parameters())
-    scheduler = scheduler_fn(optimizer)
-    if saved is not None and saved['epoch'] >= args.epochs:  # finished already (a requeued job): report only
-        no_batches = lambda *_: iter(())
-        return fit(args, probe=probe, ddp_train=probe, train_batches=no_batches, test_forward=probe.fc,
-                   test_batches=no_batches, optimizer=optimizer, scheduler=scheduler, device=device, log=log,
-                   run_dir=run_dir, run_id=run_id, saved=saved, amp_dtype=amp)
-    test_f, test_y = extract_features(probe.backbone, test_ds, device, args.batch_size, args.workers, amp, 'test features')
-    test_batches = lambda: feature_batches(test_f, test_y, args.batch_size)
-    if train_is_augmented:
-        train_batches, steps = image_batches(train_ds, args, device)
-        ddp_train = wrap_ddp(probe, device)
-    else:
-        train_f, train_y = extract_features(probe.backbone, train_ds, device, args.batch_size, args.workers, amp,
-                                            'train features')
-        train_batches = lambda epoch: feature_batches(train_f, train_y, args.batch_size, True, args.seed + epoch)
-        steps = -(-len(train_f) // args.batch_size)
-        ddp_train = wrap_ddp(probe.fc, device)
-    return fit(args, probe=probe, ddp_train=ddp_train, train_batches=train_batches, test_forward=probe.fc,
-               test_batches=test_batches, optimizer=optimizer, scheduler=scheduler, device=device, log=log,
-               run_dir=run_dir, run_id=run_id, saved=saved, amp_dtype=amp, steps_per_epoch=steps,
-               scaler=grad_scaler(amp, device))
 
 
 def read_subset_list(source, percent):
@@ -146,10 +104,10 @@ def read_subset_list(source, percent):
             with urllib.request.urlopen(source, timeout=30) as r:
                 return [line.decode().strip() for line in r.readlines() if line.strip()]
         except OSError as e:
-            raise FileNotFoundError(
+            raise datasets.DatasetNotFound(
                 f'could not download the {percent}% subset list from {source} ({e}). Download it '
                 f'where the network allows and pass --train-files /path/to/{percent}percent.txt') from None
-    raise FileNotFoundError(f'--train-files {source}: no such file')
+    raise datasets.DatasetNotFound(f'--train-files {source}: no such file')
 
 
 def subset_list(args):
@@ -161,13 +119,13 @@ def subset_list(args):
     if D.is_main():
         try:
             names = read_subset_list(source, args.train_percent)
-        except FileNotFoundError as e:
+        except datasets.DatasetNotFound as e:
             error = str(e)
     names, error = D.broadcast_object((names, error))
     if error:
-        raise FileNotFoundError(error)
+        raise datasets.DatasetNotFound(error)
     if not names:
-        raise FileNotFoundError(f'the {args.train_percent}% subset list {source} is empty')
+        raise datasets.DatasetNotFound(f'the {args.train_percent}% subset list {source} is empty')
     return names
 
 
@@ -181,7 +139,7 @@ def subset_samples(train_ds, names, percent):
     wanted = [os.path.join(name.split('_')[0], name) for name in names]
     missing = [name for name, rel in zip(names, wanted) if rel not in present]
     if missing:
-        raise FileNotFoundError(f'{len(missing)} of the {len(names)} files of the {percent}% subset list are not '
+        raise datasets.DatasetNotFound(f'{len(missing)} of the {len(names)} files of the {percent}% subset list are not '
                                 f'images in {train_ds.root}, e.g. {", ".join(missing[:5])}')
     return [present[rel] for rel in wanted]
 
@@ -190,7 +148,7 @@ def imagenet_eval(args, device, amp):
     from torchvision import transforms as T
     normalize = augment.normalize('imagenet')
     train_tf = T.Compose([T.RandomResizedCrop(args.image_size), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
-    train_ds = datasets.imagenet_folder(args.data_root, 'train', train_tf)
+    train_ds = datasets.imagenet_folder(args.data_root, 'train', train_tf, skip_bad=args.skip_bad_images)
     val_ds = datasets.imagenet_folder(args.data_root, 'val', augment.eval_transform('imagenet', args.image_size))
     if args.train_percent in (1, 10):
         train_ds.samples = subset_samples(train_ds, subset_list(args), args.train_percent)
@@ -214,30 +172,36 @@ def imagenet_eval(args, device, amp):
     stem = os.path.splitext(os.path.basename(args.model_path))[0]
     project = 'Barlow-Twins-MixUp-Linear-imagenet-resnet50'
     if args.weights == 'freeze':
-        return frozen_probe(args, backbone=backbone, emb=emb, num_classes=1000, train_ds=train_ds,
-                            train_is_augmented=True, test_ds=val_ds, device=device, amp=amp,
-                            optimizer_fn=optimizer_fn, scheduler_fn=scheduler_fn, prefix=f'{stem}_linear',
-                            project=project, fc_init=fc_init)
+        result = frozen_probe(args, backbone=backbone, emb=emb, num_classes=1000, train_ds=train_ds,
+                              train_is_augmented=True, test_ds=val_ds, device=device, amp=amp,
+                              optimizer_fn=optimizer_fn, scheduler_fn=scheduler_fn, prefix=f'{stem}_linear',
+                              project=project, fc_init=fc_init)
+        report_skipped(args, train_ds, device)
+        return result
     # Semi-supervised fine-tuning: the backbone trains too (BatchNorm in train mode).
     probe = Probe(backbone, emb, 1000, freeze=False)
     fc_init(probe.fc)
     probe.to(device)
-    run_dir, run_id, saved, log = open_run(args, f'{stem}_semisup{args.train_percent}', project)
-    optimizer = optimizer_fn(probe.fc.parameters(), probe.backbone.parameters())
-    scheduler = scheduler_fn(optimizer)
-    train_batches, steps = image_batches(train_ds, args, device)
-    val_batches, _ = image_batches(val_ds, args, device, shuffle=False)
-    ddp = wrap_ddp(probe, device)
-    return fit(args, probe=probe, ddp_train=ddp, train_batches=train_batches, test_forward=probe,
-               test_batches=lambda: val_batches(0), optimizer=optimizer, scheduler=scheduler, device=device, log=log,
-               run_dir=run_dir, run_id=run_id, saved=saved, amp_dtype=amp, steps_per_epoch=steps,
-               scaler=grad_scaler(amp, device))
+    folder, saved, log = open_run(args, f'{stem}_semisup{args.train_percent}', project)
+    with folder_held(folder):
+        optimizer = optimizer_fn(probe.fc.parameters(), probe.backbone.parameters())
+        scheduler = scheduler_fn(optimizer)
+        train_batches, steps = image_batches(train_ds, args, device)
+        val_batches, _ = image_batches(val_ds, args, device, shuffle=False)
+        ddp = wrap_ddp(probe, device)
+        result = fit(args, probe=probe, ddp_train=ddp, train_batches=train_batches, test_forward=probe,
+                     test_batches=lambda: val_batches(0), optimizer=optimizer, scheduler=scheduler, device=device,
+                     log=log, run_dir=folder.path, run_id=folder.run_id, saved=saved, amp_dtype=amp,
+                     steps_per_epoch=steps, scaler=grad_scaler(amp, device))
+    report_skipped(args, train_ds, device)
+    return result
 
 
 def small_eval(args, device, amp):
     backbone, emb, arch = load_backbone(args.model_path, args.dataset, args.arch)
-    _, train_split, test_split = datasets.SPLITS[args.dataset]
-    load = lambda split: datasets.load(args.dataset, args.data_root, split, args.download, args.workers)
+    _, train_split, test_split = datasets.SPECS[args.dataset].splits
+    load = lambda split: datasets.load(args.dataset, args.data_root, split, args.download, args.workers,
+                                       skip_bad=args.skip_bad_images and split == train_split)
     train, test = load(train_split), load(test_split)
     if args.subset:
         train, test = [datasets.ArrayData(d.images[:args.subset], d.labels[:args.subset], d.classes)
@@ -255,20 +219,31 @@ def small_eval(args, device, amp):
         prefix=f'{stem}_linear', project=f'Barlow-Twins-MixUp-Linear-{args.dataset}-{arch}')
 
 
+def report_skipped(args, dataset, device):
+    """The unreadable training images that --skip_bad_images replaced, over all ranks."""
+    if not args.skip_bad_images:
+        return
+    skipped, first = datasets.take_skipped_images(dataset)
+    skipped = int(D.all_reduce_sum(torch.tensor([float(skipped)], device=device)).item())
+    if skipped and D.is_main():
+        print(f'replaced {skipped} unreadable training images (--skip_bad_images){", e.g. " + first if first else ""}')
+
+
 def main(argv=None):
     args = get_args(argv)
+    check_writable(args.results_dir)
     device = D.init_distributed(args.gpu)
     seed_everything(args.seed + D.rank())
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
     amp = autocast_dtype(args.precision, device)
-    if args.dataset == 'imagenet':
+    if not datasets.SPECS[args.dataset].in_memory:
         return imagenet_eval(args, device, amp)
     return small_eval(args, device, amp)
 
 
 def cli(argv=None):
-    return run_command(lambda: main(argv), (CheckpointError, datasets.DatasetNotFound, FileNotFoundError, ValueError))
+    return run_command(lambda: main(argv))
 
 
 if __name__ == '__main__':

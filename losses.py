@@ -20,7 +20,7 @@ def global_batch_size(z):
 
 
 def standardize(z):
-    """(z - mean) / std per dimension over the global batch, unbiased std (REFERENCE.md 1)."""
+    """(z - mean) / std per dimension over the global batch, unbiased std (docs/protocol.md section 1)."""
     n = global_batch_size(z)
     mean = all_reduce_sum(z.sum(0)) / n
     centred = z - mean
@@ -70,7 +70,7 @@ def mixup_cross_correlations(zm, za, zb, perm, alpha):
 
 
 # ----------------------------------------------------------------------------------------
-# Baselines (REFERENCE.md section 6)
+# Baselines (docs/protocol.md section 6)
 # ----------------------------------------------------------------------------------------
 # Tested in tests/test_baselines.py. Every baseline loss takes this rank's (N x D) tensors
 # and returns the loss of the GLOBAL batch, the same value on every rank. SimCLR: this

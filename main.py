@@ -20,22 +20,27 @@ from tqdm import tqdm
 import data as datasets
 import distributed as D
 import knn
-from methods import METHODS, Progress, add_method_args, build_method, resolve_method_args
-from model import ImageNetModel, CheckpointError, build_model, load_strict, plain_batchnorm, read_checkpoint, \
-    sync_batchnorm
-from runlog import RunLog, new_run_id
-from utils import LARS, atomic_save, autocast_dtype, backward_step, changed_settings, cosine_factor, grad_scaler, \
-    install_requeue_handler, rng_state, run_command, seed_everything, set_lr, set_rng_state, step_factor, str2bool
+import probe
+import visualize
+from checkpoints import CheckpointError, NonFiniteState, atomic_save, load_strict, non_finite_entries
+from errors import MixBTError
+from methods import METHODS, Progress, add_method_args, method_schedule_keys, original_method_name
+from model import build_model, plain_batchnorm, sync_batchnorm
+from runlog import RunLog
+from runs import RunFolder, check_identity, check_writable
+from utils import LARS, autocast_dtype, backward_step, grad_scaler, warmup_cosine_factor, install_requeue_handler, \
+    rng_state, run_command, seed_everything, set_lr, set_rng_state, step_factor, str2bool
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(MixBTError):
     pass
 
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description='Mixed Barlow Twins pretraining', allow_abbrev=False)
     a = p.add_argument
-    # ---- the original flags (names, meaning and defaults of the mix-bt main.py)
+    # ---- the original flags (names, meaning and defaults of the mix-bt main.py; the Barlow Twins
+    # family's own, --lmbda, --corr_neg_one/--corr_zero, --is_mixup, --mixup_loss_scale, below)
     a('--dataset', default='cifar10', choices=sorted(datasets.SPECS), help='data set to pretrain on')
     a('--arch', default='resnet50', choices=['resnet18', 'resnet50'], help='backbone')
     a('--feature_dim', default=128, type=int, help='projector output dimension (small data sets)')
@@ -45,17 +50,14 @@ def get_args(argv=None):
     a('--epochs', default=1000, type=int, help='training epochs')
     a('--lr', default=None, type=float,
       help='base learning rate (x batch/256 with the cosine schedule); default 1e-3, baselines: their recipe')
-    a('--lr_shed', default=None, choices=['step', 'cosine'],
-      help='learning-rate schedule; default step, baselines: their recipe')
-    a('--lmbda', '--lambd', default=0.005, type=float, help='weight of the off-diagonal terms (lambda_BT)')
-    a('--corr_neg_one', dest='corr_neg_one', action='store_true', help='HSIC: off-diagonal target -1')
-    a('--corr_zero', dest='corr_neg_one', action='store_false', help='Barlow Twins: off-diagonal target 0')
-    p.set_defaults(corr_neg_one=False)
-    a('--is_mixup', default=False, type=str2bool, help='add the Mix-BT regulariser (true/false)')
-    a('--mixup_loss_scale', default=5.0, type=float, help='s (lambda_reg) of the mixup regulariser')
+    a('--lr_shed', default=None, choices=['step', 'cosine', 'cosine_exact'],
+      help="learning-rate schedule; default step (ImageNet: cosine_exact), baselines: their recipe. cosine: the "
+           "original's per-step cosine (epochs counted from 1: the first step is at 1/10 of the warm-up, the last "
+           "epoch passes beyond the cosine's end); cosine_exact: warm-up from 0, cosine ending at the last step "
+           "(the official Barlow Twins and the ImageNet scripts)")
     a('--gpu', default=0, type=int, help='CUDA device of a single-process run (-1: CPU)')
     # ---- added for researchers
-    a('--method', default=None, choices=METHODS, help='SSL method (default: from --is_mixup/--corr_neg_one)')
+    a('--method', default=None, choices=list(METHODS), help='SSL method (default: from --is_mixup/--corr_neg_one)')
     a('--data_root', default='data', help='folder holding the data sets (ImageNet: the ImageNet folder)')
     a('--results_dir', '--checkpoint-dir', default='results', help='run folders are created here')
     a('--seed', default=0, type=int)
@@ -80,14 +82,15 @@ def get_args(argv=None):
       help='default: 1e-6 (Adam, LARS)')
     a('--optimizer', default=None, choices=['adam', 'lars', 'sgd'], help='default: lars for imagenet, else adam')
     a('--fuse_views', default=True, type=str2bool, help='one forward over all views, per-view BatchNorm')
-    a('--mixup_warmup_epochs', default=0.0, type=float, help='linear warm-up of the mixup weight s')
-    a('--lambda_mixup', default=None, type=float,
-      help='mix-bt ImageNet script flag: sets --mixup_loss_scale to 0.5 * lambda_mixup')
     # ---- ImageNet recipe (official Barlow Twins flags)
     a('--projector', default=None, help='projector MLP sizes, e.g. 8192-8192-8192 (ImageNet default)')
     a('--learning-rate-weights', dest='lr_weights', default=0.2, type=float, help='ImageNet LARS lr (weights)')
     a('--learning-rate-biases', dest='lr_biases', default=0.0048, type=float, help='ImageNet LARS lr (biases, BN)')
     a('--image_size', default=224, type=int, help='ImageNet crop size')
+    a('--ref_world_size', default=None, type=int,
+      help='gradients x 1/R: the update of a reference run on R GPUs whose cross-correlation was summed with a '
+           'plain all_reduce (the released Mix-BT ImageNet runs: 8); 1 = the true gradient. Default: 8 for the '
+           'Barlow Twins family on ImageNet, 1 otherwise')
     a('--sync_bn', default=True, type=str2bool,
       help='BatchNorm statistics over the global batch in multi-process runs, as one process would compute them '
            '(false: per-process statistics, faster, not equal to one process)')
@@ -96,38 +99,77 @@ def get_args(argv=None):
     a('--channels_last', default=True, type=str2bool,
       help='NHWC memory format (faster for cuDNN and for oneDNN on CPU)')
     a('--compile', action='store_true', help='torch.compile the model')
+    a('--visuals', default=True, type=str2bool,
+      help='at the end: nearest-neighbour retrievals and a 2-D map of the test embeddings (PNG, wandb)')
+    a('--skip_bad_images', action='store_true',
+      help='replace (ImageNet) or leave out (Tiny-ImageNet) unreadable images, with a count; default: stop with '
+           'an error naming the file')
     a('--aug', default=None, choices=['cpu', 'gpu'],
       help='cpu: torchvision/PIL views in workers; gpu: batched views on the training device')
+    a('--pipeline', default='mixbt', choices=datasets.PIPELINES,
+      help="views and normalisation of training and evaluation: mixbt (the data set's own), or wmse (the W-MSE "
+           "code's, as the paper's baselines ran; also logs its Euclidean 5-NN and, at the end, its linear "
+           "evaluation; docs/protocol.md section 6)")
     add_method_args(p)
-    args = p.parse_args(argv)
-    return resolve_args(args)
+    return resolve_args(p.parse_args(argv))
 
 
 def resolve_args(args):
-    if args.lambda_mixup is not None:  # mix-bt ImageNet flag: s = 0.5 * lambda_mixup (REFERENCE.md 1)
-        args.mixup_loss_scale = 0.5 * args.lambda_mixup
-        if args.lambda_mixup == 0:
-            args.is_mixup = False
-    if args.method is None:
-        args.method = 'mixbt' if args.is_mixup else ('hsic' if args.corr_neg_one else 'barlowtwins')
-    elif args.method == 'mixbt':
-        args.is_mixup = True
-    elif args.method == 'barlowtwins':
-        args.is_mixup, args.corr_neg_one = False, False
-    elif args.method == 'hsic':
-        args.is_mixup, args.corr_neg_one = False, True
-    imagenet = args.dataset == 'imagenet'
-    args = resolve_method_args(args)  # per-method defaults first: they fill only the flags left unset
+    """The run's whole configuration, resolved in one place: the method's per-data-set defaults
+    fill the flags left unset, then the method derives and checks its settings, then the
+    general defaults and checks. Raises MixBTError before anything is created or loaded."""
+    original_method_name(args)
+    cls = METHODS[args.method]
+    spec = datasets.SPECS[args.dataset]
+    for key, value in cls.defaults(spec, args.dataset).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    cls.resolve(args)
+    datasets.select_pipeline(args.dataset, args.pipeline)  # MixBTError where the data set has no such pipeline
     if args.optimizer is None:
-        args.optimizer = 'lars' if imagenet else 'adam'
+        args.optimizer = 'adam' if spec.in_memory else 'lars'
     if args.weight_decay is None:
         args.weight_decay = 1e-6
-    if imagenet and args.projector is None:
+    if not spec.in_memory and args.projector is None:
         args.projector = '8192-8192-8192'
-    for key, value in (('lr', 1e-3), ('lr_shed', 'step'), ('warmup_epochs', 10.0), ('warmup_steps', 0)):
+    for key, value in (('lr', 1e-3), ('lr_shed', 'step' if spec.in_memory else 'cosine_exact'),
+                       ('warmup_epochs', 10.0), ('warmup_steps', 0), ('ref_world_size', 1)):
         if getattr(args, key) is None:
             setattr(args, key, value)
+    check_args(args)
     return args
+
+
+def check_args(args):
+    """Settings that cannot mean anything: one clear error each, before any work."""
+    positive = ('epochs', 'feature_dim', 'k', 'log_every', 'image_size', 'ref_world_size')
+    for key in positive:
+        if getattr(args, key) < 1:
+            raise MixBTError(f'--{key} {getattr(args, key)} must be at least 1')
+    for key in ('knn_every', 'save_every', 'subset', 'workers', 'warmup_epochs', 'warmup_steps', 'weight_decay',
+                'mixup_warmup_epochs'):
+        if getattr(args, key) < 0:
+            raise MixBTError(f'--{key} {getattr(args, key)} must be >= 0')
+    if args.batch_size < 2:
+        raise MixBTError(f'--batch_size {args.batch_size}: BatchNorm and the batch statistics of the losses need at '
+                         'least 2 images per batch')
+    if not args.temperature > 0 or not math.isfinite(args.temperature):
+        raise MixBTError(f'--temperature {args.temperature} must be a positive number (the kNN weights are '
+                         'exp(similarity / temperature))')
+    for key in ('lr', 'lr_weights', 'lr_biases'):
+        if not getattr(args, key) > 0 or not math.isfinite(getattr(args, key)):
+            raise MixBTError(f'--{key} {getattr(args, key)} must be a positive number')
+    if args.projector is not None:
+        sizes = args.projector.split('-')
+        if not all(s.isdigit() and int(s) > 0 for s in sizes):
+            raise MixBTError(f'--projector {args.projector!r}: expected positive layer sizes joined by -, '
+                             'e.g. 8192-8192-8192')
+
+
+def print_config(args, device):
+    """The resolved configuration, as the run will use it (nanoGPT prints its config the same way)."""
+    rows = [f'  {k:<22} {v}' for k, v in sorted(vars(args).items())]
+    print(f'Configuration ({D.world_size()} process(es) on {device}):\n' + '\n'.join(rows), flush=True)
 
 
 # ---------------------------------------------------------------------------- data
@@ -136,10 +178,10 @@ class CPUViews:
 
     def __init__(self, args, train, n_views, device):
         import augment
-        views = augment.ssl_views(args.dataset, args.image_size)
+        views = augment.ssl_views(args.dataset, args.image_size, args.pipeline)
         transform = augment.MultiView([views[i % len(views)] for i in range(n_views)])
         if args.dataset == 'imagenet':
-            self.dataset = datasets.imagenet_folder(args.data_root, 'train', transform)
+            self.dataset = datasets.imagenet_folder(args.data_root, 'train', transform, skip_bad=args.skip_bad_images)
         else:
             self.dataset = augment.ArrayDataset(train, transform)
         if args.subset:
@@ -173,11 +215,13 @@ def build_train_views(args, train, n_views, device):
 
 def load_data(args):
     """(SSL training data, kNN memory (images, labels), kNN test (images, labels)); ImageNet: (None, None, None)."""
-    if args.dataset == 'imagenet':
+    import augment
+    spec = datasets.SPECS[args.dataset]
+    if not spec.in_memory:
         return None, None, None
-    ssl_split, memory_split, test_split = datasets.SPLITS[args.dataset]
+    ssl_split, memory_split, test_split = spec.splits
     load = lambda split: datasets.load(args.dataset, args.data_root, split, download=args.download and D.is_main(),
-                                       workers=args.workers)
+                                       workers=args.workers, skip_bad=args.skip_bad_images)
     if args.download and D.world_size() > 1:  # rank 0 downloads, the others wait
         if D.is_main():
             load(ssl_split)
@@ -190,8 +234,8 @@ def load_data(args):
                                for d in (train, memory, test)]
         if memory_split == ssl_split:
             memory = train
-    memory = (datasets.eval_images(args.dataset, memory), memory.labels)
-    test = (datasets.eval_images(args.dataset, test), test.labels)
+    memory = (augment.eval_images(args.dataset, memory), memory.labels)
+    test = (augment.eval_images(args.dataset, test), test.labels)
     return train, memory, test
 
 
@@ -206,7 +250,7 @@ def build_optimizer(args, model):
         return LARS(groups, lr=0, weight_decay=args.weight_decay, weight_decay_filter=True,
                     lars_adaptation_filter=True)
     # Reference: base = lr * batch/256 with the cosine schedule; the step schedule uses lr as is.
-    base = args.lr * scale if args.lr_shed == 'cosine' else args.lr
+    base = args.lr * scale if args.lr_shed in ('cosine', 'cosine_exact') else args.lr
     groups = [{'params': [p for p in model.parameters() if p.requires_grad], 'base_lr': base}]
     if args.optimizer == 'sgd':
         return torch.optim.SGD(groups, lr=base, momentum=0.9, weight_decay=args.weight_decay)
@@ -214,8 +258,10 @@ def build_optimizer(args, model):
 
 
 def lr_factor(args, step, steps_per_epoch):
-    if args.lr_shed == 'cosine' or args.optimizer == 'lars':
-        return cosine_factor(step, args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch))
+    """The factor on each group's base lr at 0-based global `step` (docs/protocol.md section 4)."""
+    if args.lr_shed in ('cosine', 'cosine_exact') or args.optimizer == 'lars':
+        first_epoch = 1 if args.lr_shed == 'cosine' and args.optimizer != 'lars' else 0
+        return warmup_cosine_factor(step, steps_per_epoch, args.epochs, args.warmup_epochs, first_epoch=first_epoch)
     # step + 1: the W-MSE repository's warm-up, lr * (k + 1) / warmup_steps at its step k = 0, 1, ...
     return step_factor(step // steps_per_epoch, args.epochs, step=step + 1, warmup_steps=args.warmup_steps)
 
@@ -233,39 +279,55 @@ def method_extra_state(method):
     return {k: v for k, v in method.state_dict().items() if not k.startswith('model.')}
 
 
-def training_state(epoch, model, method, optimizer, scaler, best, history, args, run_id):
+def training_state(epoch, model, method, optimizer, scaler, best, history, args, run_id, rng_states):
+    """What last.pth holds: everything a resumed run needs to continue as if never stopped."""
     return {'epoch': epoch, 'model': model.state_dict(), 'method': method_extra_state(method),
             'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict() if scaler else None,
-            'rng': rng_state(), 'best_acc': best, 'history': history, 'args': vars(args), 'run_id': run_id}
+            'rng': rng_states[0], 'rng_per_rank': rng_states, 'best_acc': best, 'history': history,
+            'args': vars(args), 'run_id': run_id}
 
 
-def find_resume(path):
-    if path is None:
-        return None
-    if os.path.isdir(path):
-        path = os.path.join(path, 'last.pth')
-    if not os.path.isfile(path):
-        raise CheckpointError(f'--resume: no training state at {path}')
-    return path
+def is_training_state(saved):
+    return isinstance(saved, dict) and 'model' in saved and 'epoch' in saved and 'optimizer' in saved
 
 
-# What a run is: changing these on --resume would continue a different experiment (or cannot load).
-RUN_IDENTITY = ('dataset', 'arch', 'feature_dim', 'method', 'projector', 'batch_size', 'num_views', 'optimizer',
-                'subset', 'image_size', 'lmbda', 'corr_neg_one', 'is_mixup', 'mixup_loss_scale', 'emb', 'head_size',
-                'tau', 'byol_tau', 'w_size', 'w_iter', 'w_eps', 'group', 'intl_iters')
-# Schedule and optimiser settings: a resumed run may change them on purpose (e.g. more --epochs); said aloud.
-RUN_SCHEDULE = ('epochs', 'lr', 'lr_shed', 'lr_weights', 'lr_biases', 'weight_decay', 'warmup_epochs', 'warmup_steps',
-                'mixup_warmup_epochs', 'seed')
+# On resume: settings that may change silently (where things live, how fast it runs, what is
+# monitored), and schedule settings that may change on purpose (e.g. more --epochs), announced
+# and applied. Every other setting is what the run is (runs.check_identity).
+RESUME_FREE = ('resume', 'run_name', 'results_dir', 'data_root', 'workers', 'gpu', 'download', 'log_every',
+               'knn_every', 'knn_init', 'save_every', 'precision', 'channels_last', 'compile', 'aug', 'fuse_views',
+               'sync_bn', 'temperature', 'k', 'lambda_mixup', 'skip_bad_images', 'visuals')
+RESUME_SCHEDULE = ('epochs', 'lr', 'lr_shed', 'lr_weights', 'lr_biases', 'weight_decay', 'warmup_epochs',
+                   'warmup_steps', 'seed', 'ref_world_size') + method_schedule_keys()
 
 
-def check_resume_args(saved, args):
-    """Error for a --resume whose command changes what the run is; the list of changed schedule
-    settings (printed) otherwise."""
-    changed = changed_settings(saved, args, RUN_IDENTITY)
-    if changed:
-        raise CheckpointError('--resume: this command changes what the run is (' + ', '.join(changed) + '); '
-                              'resume with the run\'s own settings (args.json in its folder) or start a new run')
-    return changed_settings(saved, args, RUN_SCHEDULE)
+def apply_settings(optimizer, fresh_groups):
+    """After loading a saved optimizer state, its hyper-parameters become this command's (a
+    resumed run's changed --lr or --weight_decay take effect); the moments stay the saved ones."""
+    for group, fresh in zip(optimizer.param_groups, fresh_groups):
+        group.update({k: v for k, v in fresh.items() if k != 'params'})
+
+
+def gather_rng_states():
+    """Every rank's generator states, in rank order (on rank 0; None elsewhere)."""
+    state = rng_state()
+    if D.world_size() == 1:
+        return [state]
+    states = [None] * D.world_size()
+    torch.distributed.all_gather_object(states, state)
+    return states if D.is_main() else None
+
+
+def restore_rng_state(saved):
+    """This rank's own generator states: a resumed multi-process run continues every rank's stream."""
+    per_rank = saved.get('rng_per_rank')
+    if per_rank and len(per_rank) == D.world_size():
+        set_rng_state(per_rank[D.rank()])
+        return
+    if D.world_size() > 1 and D.is_main():
+        print(f'note: the saved random state is of {len(per_rank or [1])} process(es), not {D.world_size()}: the '
+              'continued run draws differently from an uninterrupted one')
+    set_rng_state(saved['rng'])
 
 
 # ---------------------------------------------------------------------------- training
@@ -293,7 +355,7 @@ def train_one_epoch(args, epoch, ddp_method, method, optimizer, scaler, views_so
         set_lr(optimizer, lr_factor(args, step, steps))
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss, logs = ddp_method(views, Progress(epoch, args.epochs, step, steps))
-        backward_step(loss, optimizer, scaler)
+        backward_step(loss, optimizer, scaler, grad_scale=1 / args.ref_world_size)
         method.after_step(Progress(epoch, args.epochs, step, steps))
         sums += torch.stack([loss.detach()] + [logs[k].detach() for k in method.log_keys]).float()
         count += 1
@@ -302,8 +364,8 @@ def train_one_epoch(args, epoch, ddp_method, method, optimizer, scaler, views_so
             means = (sums / count).tolist()  # the only host sync: every log_every steps
             if not all(math.isfinite(v) for v in means):
                 raise NonFiniteLoss(f'the loss became {means[0]} in epoch {epoch + 1} (by step {i + 1}/{steps}); '
-                                    'training stopped. The last good checkpoints (last.pth, *_model.pth) are '
-                                    'untouched in the run folder')
+                                    f'training stopped and nothing of epoch {epoch + 1} was saved: last.pth holds '
+                                    f'epoch {epoch}, the last finite state. Resume from it with a lower --lr')
             bar.set_postfix(loss=f'{means[0]:.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.2e}')
     elapsed = time.time() - start
     means = (sums / max(count, 1)).tolist()
@@ -314,70 +376,86 @@ def train_one_epoch(args, epoch, ddp_method, method, optimizer, scaler, views_so
 
 def main(argv=None):
     args = get_args(argv)
+    check_writable(args.results_dir)
     device = D.init_distributed(args.gpu)
-    if args.batch_size % D.world_size():
-        raise ValueError(f'--batch_size {args.batch_size} is not divisible by the {D.world_size()} processes')
-    if args.aug is None:
-        args.aug = 'gpu' if device.type == 'cuda' and args.dataset != 'imagenet' else 'cpu'
-    if args.aug == 'gpu' and args.dataset == 'imagenet':
-        raise ValueError('--aug gpu needs an in-memory data set; ImageNet uses --aug cpu')
+    spec = datasets.SPECS[args.dataset]
+    if args.batch_size % D.world_size() or args.batch_size // D.world_size() < 2:
+        raise MixBTError(f'--batch_size {args.batch_size} must be a multiple of the {D.world_size()} processes, with '
+                         'at least 2 images per process')
+    if args.aug is None:  # gpu_augment.DeviceViews has the mixbt views only, so far
+        args.aug = 'gpu' if device.type == 'cuda' and spec.in_memory else 'cpu'
+    if args.aug == 'gpu' and not spec.in_memory:
+        raise MixBTError(f'--aug gpu needs an in-memory data set; {args.dataset} uses --aug cpu')
     seed_everything(args.seed + D.rank())
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = True  # convolutions; float32 matmuls (losses, whitening) stay full precision
 
-    if args.run_name is None and 'SLURM_JOB_ID' in os.environ:
-        args.run_name = f'slurm{os.environ["SLURM_JOB_ID"]}'
-    if args.resume is None and args.run_name and os.path.isfile(os.path.join(args.results_dir, args.run_name, 'last.pth')):
-        args.resume = os.path.join(args.results_dir, args.run_name)  # auto-resume
-    resume_path = find_resume(args.resume)
-    saved = read_checkpoint(resume_path) if resume_path else None
-    if saved is not None:
-        if not isinstance(saved, dict) or 'model' not in saved or 'epoch' not in saved:
-            raise CheckpointError(f'--resume: {resume_path} is not a training state written by main.py')
-        schedule_changes = check_resume_args(saved.get('args', {}), args)
-    run_id = saved['run_id'] if saved else (args.run_name or D.broadcast_object(new_run_id()))
-    run_dir = os.path.dirname(os.path.abspath(resume_path)) if saved else os.path.join(args.results_dir, run_id)
+    folder = RunFolder(args, 'last.pth', is_state=is_training_state, what='a training state written by main.py').acquire()
+    try:
+        saved = folder.read_state()
+        schedule_changes = []
+        if saved is not None:
+            schedule_changes = check_identity(saved.get('args', {}), args, RESUME_FREE, RESUME_SCHEDULE,
+                                              folder.resume_path)
+        train, memory, test = load_data(args)
+        if memory is not None and args.k > len(memory[1]):
+            if D.is_main():
+                print(f'note: --k {args.k} is larger than the memory bank ({len(memory[1])} images): using '
+                      f'k = {len(memory[1])}')
+            args.k = len(memory[1])
+        if spec.in_memory and len(train.images) < args.batch_size:
+            raise MixBTError(f'--batch_size {args.batch_size} is larger than the training set ({len(train.images)} '
+                             'images): nothing to train on')
+        run_dir = train_run(args, device, folder, saved, schedule_changes, train, memory, test)
+    except BaseException:
+        folder.release(failed=True)
+        raise
+    folder.release()
+    return run_dir
+
+
+def train_run(args, device, folder, saved, schedule_changes, train, memory, test):
+    spec = datasets.SPECS[args.dataset]
+    run_id, run_dir = folder.run_id, folder.path
     prefix = run_prefix(args, run_id)
     state_path = os.path.join(run_dir, 'last.pth')
     model_path = os.path.join(run_dir, f'{prefix}_model.pth')
-
-    train, memory, test = load_data(args)
-    spec = datasets.SPECS[args.dataset]
     model = build_model(args)
-    method = build_method(args, model)
+    method = METHODS[args.method].build(args, model)
     if D.is_main():
-        counted = profile(model, args.image_size if args.dataset == 'imagenet' else spec.size)
+        print_config(args, device)
+        counted = profile(model, args.image_size if not spec.in_memory else spec.size)
         if counted:
             print(f'# Model Params: {counted[1]} FLOPs: {counted[0]}')
     if args.sync_bn and D.world_size() > 1:
         method = sync_batchnorm(method, device)
-        model = method.model
-        method.configure_bn()
     method.to(device)
     if args.channels_last:
         method.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(args, method)  # the method's own parameters too (BYOL predictor, SimCLR BN)
+    fresh_groups = [dict(g) for g in optimizer.param_groups]
     amp_dtype = autocast_dtype(args.precision, device)
     scaler = grad_scaler(amp_dtype, device)
 
     start_epoch, best, history = 0, {'top1': 0.0, 'top5': 0.0, 'epoch': 0}, []
     if saved is not None:
-        load_strict(model, saved['model'], f'{resume_path} (model)')
+        load_strict(model, saved['model'], f'{folder.resume_path} (model)')
         method.load_state_dict({**{f'model.{k}': v for k, v in model.state_dict().items()}, **saved['method']})
         optimizer.load_state_dict(saved['optimizer'])
+        apply_settings(optimizer, fresh_groups)
         if scaler is not None and saved.get('scaler'):
             scaler.load_state_dict(saved['scaler'])
         start_epoch, best, history = saved['epoch'], saved['best_acc'], saved['history']
-        set_rng_state(saved['rng'])
+        restore_rng_state(saved)
         if D.is_main():
             print(f'Resumed {run_dir} at epoch {start_epoch}'
                   + (f' with changed settings: {", ".join(schedule_changes)}' if schedule_changes else ''))
     del saved
 
     log = RunLog(run_dir, prefix, args, f'Barlow-Twins-MixUp-{args.dataset}-{args.arch}', run_id,
-                 resume=resume_path is not None, history=history,
-                 plot_keys=method.plot_keys + (('knn_top1', 'knn_top5'),))
+                 resume=start_epoch > 0 or bool(history), history=history,
+                 plot_keys=method.plot_keys + (('knn_top1', 'knn_top5', knn.EUCLID_KEY),))
     if D.is_main():
         print(f'Run folder: {run_dir}  (method {args.method}, {D.world_size()} process(es) on {device})')
 
@@ -388,46 +466,83 @@ def main(argv=None):
     if args.compile:
         ddp_method = torch.compile(ddp_method)
     views_source = build_train_views(args, train, method.n_views, device)
-    if len(views_source) == 0:
-        raise ValueError(f'--batch_size {args.batch_size} is larger than the training set; nothing to train on')
     install_requeue_handler(state_path)
 
-    backbone = model.f if not isinstance(model, ImageNetModel) else model.backbone
-    monitor = lambda: knn.knn_monitor(backbone, memory, test, spec.mean, spec.std, spec.num_classes, device,
-                                      k=args.k, temperature=args.temperature, autocast_dtype=amp_dtype,
-                                      channels_last=args.channels_last)
+    backbone = model.backbone
+    wmse = args.pipeline == 'wmse'  # also the W-MSE code's evaluation: Euclidean 5-NN, linear on embeddings
+    norm = datasets.select_pipeline(args.dataset, args.pipeline)  # the evaluation normalises as training does
+    monitor = lambda features=False: knn.knn_metrics(
+        backbone, memory, test, norm.mean, norm.std, spec.num_classes, device, k=args.k,
+        temperature=args.temperature, euclid=wmse, autocast_dtype=amp_dtype, channels_last=args.channels_last,
+        features=features)
+    knn_keys = ('knn_top1', 'knn_top5') + ((knn.EUCLID_KEY,) if wmse else ())
+    final = {}  # the last epoch's W-MSE evaluation, for the summary
+    elapsed_before = next((r['elapsed_s'] for r in reversed(log.history) if r.get('elapsed_s') is not None), 0.0)
+    started = time.time()
     try:
         if args.knn_init and memory is not None and start_epoch == 0 and not log.history:
-            top1, top5 = monitor()  # the random-init baseline: logged, never saved as the best model
+            scores = monitor()  # the random-init baseline: logged, never saved as the best model
+            top1, top5 = scores['knn_top1'], scores['knn_top5']
             if D.is_main():
-                log.log({'epoch': 0, 'knn_top1': top1, 'knn_top5': top5})
+                log.log({'epoch': 0, **scores})
                 log.summary(init_knn_top1=top1, init_knn_top5=top5)
                 print(f'Epoch 0 (random init) kNN top1 {top1:.2f} top5 {top5:.2f}', flush=True)
         for epoch in range(start_epoch, args.epochs):
             stats = train_one_epoch(args, epoch, ddp_method, method, optimizer, scaler, views_source, device, amp_dtype)
-            row = {'epoch': epoch + 1, **stats, 'knn_top1': None, 'knn_top5': None}
+            if args.skip_bad_images:  # every rank counts its own
+                skipped, first = datasets.take_skipped_images(getattr(views_source, 'dataset', None))
+                stats['skipped_images'] = int(D.all_reduce_sum(torch.tensor([float(skipped)], device=device)).item())
+                if stats['skipped_images'] and D.is_main():
+                    print(f'Epoch {epoch + 1}: replaced {stats["skipped_images"]} unreadable images '
+                          f'(--skip_bad_images){", e.g. " + first if first else ""}', flush=True)
+            rng_states, state, bad = gather_rng_states(), None, None
+            if D.is_main():
+                state = training_state(epoch + 1, model, method, optimizer, scaler, best, log.history, args, run_id,
+                                       rng_states)
+                bad = non_finite_entries({k: state[k] for k in ('model', 'method', 'optimizer')})
+            bad = D.broadcast_object(bad)  # every rank stops together
+            if bad:
+                raise NonFiniteLoss(
+                    f'epoch {epoch + 1} left non-finite values in {", ".join(bad[:3])}'
+                    f'{" ..." if len(bad) > 3 else ""}; training stopped and nothing of epoch {epoch + 1} was '
+                    f'saved: last.pth holds epoch {epoch}, the last finite state. Resume from it with a lower '
+                    f'--lr (or --lr_weights/--lr_biases)')
+            row = {'epoch': epoch + 1, **stats, **dict.fromkeys(knn_keys)}
             last = epoch + 1 == args.epochs
             if memory is not None and ((args.knn_every and (epoch + 1) % args.knn_every == 0) or last):
-                top1, top5 = monitor()
-                row.update(knn_top1=top1, knn_top5=top5)
+                if wmse and last:  # the W-MSE code's linear evaluation of the final backbone, on its embeddings
+                    scores, (bank, tested) = monitor(features=True)
+                    scores.update(probe.linear_eval_on_embeddings(*bank, *tested, spec.num_classes, seed=args.seed))
+                    final = scores
+                    del bank, tested
+                else:
+                    scores = monitor()
+                top1, top5 = scores['knn_top1'], scores['knn_top5']
+                row.update(scores)
                 if D.is_main() and (top1 > best['top1'] or not best['epoch']):  # the first evaluation always saves
                     best = {'top1': top1, 'top5': top5, 'epoch': epoch + 1}
                     atomic_save(model.state_dict(), model_path)
+            elapsed = elapsed_before + time.time() - started
+            done = epoch + 1 - start_epoch
+            row.update(elapsed_s=elapsed, eta_s=(time.time() - started) / done * (args.epochs - epoch - 1))
             if D.is_main():
                 log.log(row)
-                knn_msg = '' if row['knn_top1'] is None else f' kNN top1 {top1:.2f} top5 {top5:.2f}'
+                knn_msg = '' if row['knn_top1'] is None else f' kNN top1 {top1:.2f} top5 {top5:.2f}' + ''.join(
+                    f' {k} {row[k]:.2f}' for k in (knn.EUCLID_KEY, 'linear_top1') if row.get(k) is not None)
                 print(f'Epoch {epoch + 1}/{args.epochs} loss {stats["loss"]:.4f} lr {stats["lr"]:.2e} '
-                      f'{stats["images_per_s"]:.0f} img/s{knn_msg}', flush=True)
+                      f'{stats["images_per_s"]:.0f} img/s{knn_msg} | elapsed {format_time(elapsed)}, '
+                      f'ETA {format_time(row["eta_s"])}', flush=True)
                 if args.save_every and (epoch + 1) % args.save_every == 0:
                     atomic_save(model.state_dict(), os.path.join(run_dir, f'{prefix}_model_{epoch + 1}.pth'))
                 if memory is None and last:
                     atomic_save(model.state_dict(), model_path)
-                atomic_save(training_state(epoch + 1, model, method, optimizer, scaler, best, log.history, args,
-                                           run_id), state_path)
+                state.update(best_acc=best, history=log.history)
+                atomic_save(state, state_path)
+            del state
             D.barrier()
 
         if D.is_main():
-            if isinstance(model, ImageNetModel):
+            if not spec.in_memory:
                 # torchvision layout without fc: the released format (resnet50.pth by default)
                 atomic_save(plain_batchnorm(copy.deepcopy(model.backbone)).state_dict(),
                             os.path.join(run_dir, f'{args.arch}.pth'))
@@ -436,14 +551,24 @@ def main(argv=None):
                 gain = '' if init is None else f'; random init {init:.2f}, {best["top1"] - init:+.2f} points'
                 print(f'Best kNN top-1 {best["top1"]:.2f} (top-5 {best["top5"]:.2f}) at epoch {best["epoch"]}{gain}: '
                       f'{model_path}')
-            log.summary(best_knn_top1=best['top1'], best_knn_top5=best['top5'])
+            log.summary(best_knn_top1=best['top1'], best_knn_top5=best['top5'],
+                        **{f'final_{k}': v for k, v in final.items() if k not in ('knn_top1', 'knn_top5')})
+        if args.visuals and memory is not None:  # every rank embeds its shard, as in the kNN monitor
+            visualize.write_visuals(backbone, memory, test, spec, device, run_dir, prefix, classes=train.classes,
+                                    wandb_run=log.wandb, seed=args.seed, autocast_dtype=amp_dtype,
+                                    channels_last=args.channels_last)
     finally:
         log.finish()  # also when a non-finite loss or a kill stops the run: wandb keeps what it has
     return run_dir
 
 
+def format_time(seconds):
+    seconds = int(round(seconds))
+    return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
 def cli(argv=None):
-    return run_command(lambda: main(argv), (NonFiniteLoss, CheckpointError, datasets.DatasetNotFound, ValueError))
+    return run_command(lambda: main(argv))
 
 
 if __name__ == '__main__':

@@ -6,7 +6,7 @@
 
 Same flags and meaning as the original, with its defaults (mixup on, lambda_mixup 1.0, its
 10-epoch warm-up of the mixup weight). Mapping: DATA -> --data_root, --lambda_mixup L ->
---mixup_loss_scale 0.5*L (REFERENCE.md section 1), --checkpoint-dir -> --results_dir,
+--mixup_loss_scale 0.5*L (docs/protocol.md section 1), --checkpoint-dir -> --results_dir,
 --print-freq -> --log_every. Unlike the original, processes come from torchrun/srun (one per GPU).
 Any main.py flag may be added (e.g. --run_name, --precision, --image_size).
 """

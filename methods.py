@@ -1,9 +1,11 @@
-"""SSL methods: each owns its extra state and turns a batch of views into (loss, logged terms).
+"""SSL methods: one class per method, registered in METHODS.
 
-The trainer (main.py) does not know which method it runs; a method does not know about
-files. `Method.embed` runs the model once over the concatenated views with per-view
-BatchNorm statistics (model.set_bn_views), which is exactly what separate forward passes
-compute, or view by view with --fuse_views false.
+A method declares its command-line flags (`flags`), its per-data-set defaults (`defaults`),
+the settings a resumed run may change (`resume_schedule`; every other flag of a method is
+part of a run's identity), and turns a batch of views into (loss, logged terms). It owns its
+extra state (a BYOL target, an RNG). The trainer does not know which method it runs; a method
+does not know about files. `Method.embed` runs the model once over the concatenated views
+with per-view BatchNorm statistics, which is exactly what separate forward passes compute.
 """
 import copy
 import math
@@ -14,7 +16,9 @@ import torch
 import torch.nn as nn
 
 import losses
-from model import mlp, set_bn_views
+from errors import MixBTError
+from model import BatchNorm1d, mlp, set_bn_views
+from utils import str2bool
 
 
 @dataclass
@@ -50,10 +54,28 @@ def to_device(t, device):
     return t.pin_memory().to(device, non_blocking=True)
 
 
+def flag(*names, **kwargs):
+    """A command-line flag a method declares: argparse's add_argument arguments."""
+    return names, kwargs
+
+
 class Method(nn.Module):
     n_views = 2                  # views the data pipeline must deliver
     log_keys = ('loss',)         # per-step terms returned in the logs dict (besides 'loss')
     plot_keys = (('loss',),)
+    flags = ()                   # flag(...) entries; a flag declared by several methods is added once
+    resume_schedule = ()         # this method's flags that a resumed run may change
+
+    @classmethod
+    def defaults(cls, spec, dataset):
+        """Values for the flags left unset (None) on data set `dataset` (its registry row `spec`)."""
+        return {}
+
+    @classmethod
+    def resolve(cls, args):
+        """Derived settings and this method's checks on the resolved flags (MixBTError)."""
+        if args.num_views not in (None, 2):
+            raise MixBTError(f'--num_views {args.num_views}: --method {args.method} uses two views')
 
     def __init__(self, model, fuse_views=True):
         super().__init__()
@@ -83,13 +105,48 @@ class Method(nn.Module):
 class BarlowTwins(Method):
     """Barlow Twins / HSIC (--corr_neg_one) with the optional Mix-BT regulariser.
 
-    loss = L_BT + s * lmbda * (||C_ma - C_ma_gt||^2 + ||C_mb - C_mb_gt||^2), REFERENCE.md 1,
+    loss = L_BT + s * lmbda * (||C_ma - C_ma_gt||^2 + ||C_mb - C_mb_gt||^2), docs/protocol.md section 1,
     computed in float32 (or the model's float64) outside autocast (`full_precision`).
     alpha ~ Beta(1, 1) is drawn from a generator seeded identically on every rank (so all
     ranks mix with the same alpha, with no communication); the permutation is per rank.
     """
     log_keys = ('loss_bt', 'loss_mix')
     plot_keys = (('loss', 'loss_bt', 'loss_mix'),)
+    # The original main.py's flags, names and meaning kept (--lambda_mixup: its ImageNet script's).
+    flags = (
+        flag('--lmbda', '--lambd', default=0.005, type=float, help='weight of the off-diagonal terms (lambda_BT)'),
+        flag('--corr_neg_one', dest='corr_neg_one', action='store_true', help='HSIC: off-diagonal target -1'),
+        flag('--corr_zero', dest='corr_neg_one', action='store_false', help='Barlow Twins: off-diagonal target 0'),
+        flag('--is_mixup', default=False, type=str2bool, help='add the Mix-BT regulariser (true/false)'),
+        flag('--mixup_loss_scale', default=5.0, type=float, help='s (lambda_reg) of the mixup regulariser'),
+        flag('--mixup_warmup_epochs', default=0.0, type=float, help='linear warm-up of the mixup weight s'),
+        flag('--lambda_mixup', default=None, type=float,
+             help='mix-bt ImageNet script flag: sets --mixup_loss_scale to 0.5 * lambda_mixup'),
+    )
+    resume_schedule = ('mixup_warmup_epochs',)
+    fixed = {'is_mixup': False, 'corr_neg_one': False}  # what the registered name implies
+
+    @classmethod
+    def defaults(cls, spec, dataset):
+        """ImageNet: the update scale of the released runs, 8 GPUs whose cross-correlation was summed
+        with a plain all_reduce, so each gradient was 1/8 of the true one (docs/protocol.md section 4)."""
+        return {} if spec.in_memory else {'ref_world_size': 8}
+
+    @classmethod
+    def resolve(cls, args):
+        super().resolve(args)
+        for key, value in cls.fixed.items():
+            setattr(args, key, value)
+        if args.lmbda < 0:
+            raise MixBTError(f'--lmbda {args.lmbda}: lambda_BT must be >= 0')
+        if args.is_mixup and args.mixup_loss_scale < 0:
+            raise MixBTError(f'--mixup_loss_scale {args.mixup_loss_scale}: s must be >= 0')
+
+    @classmethod
+    def build(cls, args, model):
+        return cls(model, args.lmbda, corr_neg_one=args.corr_neg_one, is_mixup=args.is_mixup,
+                   mixup_loss_scale=args.mixup_loss_scale, mixup_warmup_epochs=args.mixup_warmup_epochs,
+                   seed=args.seed, fuse_views=args.fuse_views)
 
     def __init__(self, model, lmbda, corr_neg_one=False, is_mixup=True, mixup_loss_scale=4.0,
                  mixup_warmup_epochs=0.0, seed=0, fuse_views=True):
@@ -141,8 +198,30 @@ class BarlowTwins(Method):
             self.alpha_rng.bit_generator.state = state['alpha_rng']
 
 
+class MixBT(BarlowTwins):
+    """Barlow Twins with the mixup regulariser (the default of --is_mixup true)."""
+    fixed = {'is_mixup': True}
+
+
+class HSIC(BarlowTwins):
+    """Barlow Twins with off-diagonal target -1 (--corr_neg_one), no mixup."""
+    fixed = {'is_mixup': False, 'corr_neg_one': True}
+
+
+
+def original_method_name(args):
+    """--method left out: the original flags decide (--is_mixup, --corr_neg_one, --lambda_mixup)."""
+    if args.lambda_mixup is not None:  # mix-bt ImageNet flag: s = 0.5 * lambda_mixup (docs/protocol.md section 1)
+        args.mixup_loss_scale = 0.5 * args.lambda_mixup
+        if args.lambda_mixup == 0:
+            args.is_mixup = False
+    if args.method is None:
+        args.method = 'mixbt' if args.is_mixup else ('hsic' if args.corr_neg_one else 'barlowtwins')
+    return args.method
+
+
 # ----------------------------------------------------------------------------------------
-# Baselines (REFERENCE.md section 6). SimCLR, BYOL and W-MSE follow the W-MSE repository
+# Baselines (docs/protocol.md section 6). SimCLR, BYOL and W-MSE follow the W-MSE repository
 # (htdt/self-supervised), which the reference's ssl-sota/ copies; CW-RGP its own small-data
 # code (winci-ai/CW-RGP base/), built on the same repository; INTL winci-ai/INTL (cifar/).
 # ----------------------------------------------------------------------------------------
@@ -162,6 +241,33 @@ class Baseline(Method):
     (`to_device`), so drawing them never makes the host wait for the GPU."""
     joint_head = False
     log_keys = ()
+    flags = (
+        flag('--num_views', '--num_samples', '--nmb_crops', default=None, type=int,
+             help='views per image (W-MSE 4 / CW-RGP 4: 4); default 2'),
+        flag('--emb', default=None, type=int, help='head output size (W-MSE repository name); sets --projector HEAD-EMB'),
+        flag('--head_size', default=None, type=int, help='hidden width of the head (INTL: of both hidden layers)'),
+    )
+    head_layers = 1  # hidden layers of the head
+
+    @classmethod
+    def defaults(cls, spec, dataset):
+        """The W-MSE README's command lines (32 px: lr 3e-3, emb 64; 64 px: lr 2e-3, emb 128) and
+        its cfg.py: Adam, weight decay 1e-6, head 1024, 500 warm-up steps, x0.2 at epochs E-50
+        and E-25."""
+        small = spec.size_class == '32px'
+        return dict(optimizer='adam', lr=3e-3 if small else 2e-3, weight_decay=1e-6, lr_shed='step',
+                    warmup_steps=500, head_size=1024, emb=64 if small else 128)
+
+    @classmethod
+    def resolve(cls, args):
+        """The head --projector from --head_size/--emb; --feature_dim follows the head."""
+        if args.projector is None:
+            args.projector = '-'.join(str(s) for s in [args.head_size] * cls.head_layers + [args.emb])
+        args.emb = args.feature_dim = int(args.projector.split('-')[-1])
+        if args.num_views is None:
+            args.num_views = 2
+        if args.num_views < 2:
+            raise MixBTError(f'--num_views {args.num_views}: a method needs at least 2 views')
 
     def __init__(self, model, n_views=2, seed=0, fuse_views=True):
         super().__init__(model, fuse_views)
@@ -196,10 +302,21 @@ class SimCLR(Baseline):
     """SimCLR as the W-MSE repository's `contrastive` method: head output -> BatchNorm1d
     (`bn_last`, over all views) -> losses.nt_xent with temperature --tau, over all views."""
     joint_head = True
+    flags = Baseline.flags + (flag('--tau', default=0.5, type=float, help='SimCLR: NT-Xent temperature'),)
+
+    @classmethod
+    def resolve(cls, args):
+        super().resolve(args)
+        if args.tau <= 0:
+            raise MixBTError(f'--tau {args.tau}: the temperature must be > 0')
+
+    @classmethod
+    def build(cls, args, model):
+        return cls(model, args.emb, args.tau, args.num_views, args.seed, args.fuse_views)
 
     def __init__(self, model, emb, tau=0.5, n_views=2, seed=0, fuse_views=True):
         super().__init__(model, n_views, seed, fuse_views)
-        self.bn_last = nn.BatchNorm1d(emb)
+        self.bn_last = BatchNorm1d(emb)
         self.tau = tau
         self.configure_bn()
 
@@ -214,6 +331,19 @@ class BYOL(Baseline):
     emb); `target` = EMA of backbone + head (parameters only: its BatchNorm statistics are its
     own, from its forward in train mode, as in the original), never trained, updated after every
     step with tau = 1 - (1 - byol_tau)(cos(pi * epoch / epochs) + 1) / 2. losses.byol_loss."""
+
+    flags = Baseline.flags + (
+        flag('--byol_tau', default=0.99, type=float, help='BYOL: starting EMA rate of the target network'),)
+
+    @classmethod
+    def resolve(cls, args):
+        super().resolve(args)
+        if not 0 <= args.byol_tau <= 1:
+            raise MixBTError(f'--byol_tau {args.byol_tau}: the EMA rate must be in [0, 1]')
+
+    @classmethod
+    def build(cls, args, model):
+        return cls(model, args.emb, args.head_size, args.byol_tau, args.num_views, args.seed, args.fuse_views)
 
     def __init__(self, model, emb, head_size=1024, byol_tau=0.99, n_views=2, seed=0, fuse_views=True):
         super().__init__(model, n_views, seed, fuse_views)
@@ -255,6 +385,34 @@ class WMSE(Baseline):
     a sub-batch too small for the embedding (w_size <= emb with w_eps 0: the covariance is
     singular), is refused up front."""
     joint_head = True
+    whitens_embedding = True  # the whole embedding at once: a sub-batch must be larger than it
+    flags = Baseline.flags + (
+        flag('--w_size', default=None, type=int, help='W-MSE, CW-RGP: whitening sub-batch size (of the global batch)'),
+        flag('--w_iter', default=1, type=int, help='W-MSE, CW-RGP: random sub-batch partitions per step'),
+        flag('--w_eps', default=None, type=float, help='W-MSE, CW-RGP: whitening shrinkage, (1-eps) cov + eps I'),
+    )
+
+    @classmethod
+    def defaults(cls, spec, dataset):
+        """W-MSE: w_size 128 (32 px) / 256; w_eps 1e-4 as in the reference's ssl-sota/cfg.py."""
+        return dict(super().defaults(spec, dataset), w_size=128 if spec.size_class == '32px' else 256, w_eps=1e-4)
+
+    @classmethod
+    def resolve(cls, args):
+        super().resolve(args)
+        if args.w_size < 1 or args.batch_size % args.w_size:
+            raise MixBTError(f'--w_size {args.w_size} must divide the global batch size {args.batch_size}')
+        if args.w_iter < 1:
+            raise MixBTError(f'--w_iter {args.w_iter}: at least one partition per step')
+        if args.w_eps < 0:
+            raise MixBTError(f'--w_eps {args.w_eps} must be >= 0')
+        if cls.whitens_embedding and args.w_eps == 0 and args.w_size <= args.emb:
+            raise MixBTError(f'--w_size {args.w_size} must exceed the embedding size {args.emb} (or set --w_eps > 0): '
+                             'the covariance of a sub-batch is singular')
+
+    @classmethod
+    def build(cls, args, model):
+        return cls(model, args.w_size, args.w_iter, args.w_eps, args.num_views, args.seed, args.fuse_views)
 
     def __init__(self, model, w_size=128, w_iter=1, w_eps=0.0, n_views=2, seed=0, fuse_views=True):
         super().__init__(model, n_views, seed, fuse_views)
@@ -264,14 +422,14 @@ class WMSE(Baseline):
     def sub_batches(self, z):
         n = losses.global_batch_size(z)
         if n % self.w_size:
-            raise ValueError(f'--w_size {self.w_size} must divide the global batch size {n}')
+            raise MixBTError(f'--w_size {self.w_size} must divide the global batch size {n}')
         return n, n // self.w_size
 
     def forward(self, views, progress=None):
         z = self.head_outputs(views)
         n, _ = self.sub_batches(z[0])
         if self.w_eps == 0 and self.w_size <= z[0].shape[1]:
-            raise ValueError(f'--w_size {self.w_size} must exceed the embedding size {z[0].shape[1]} '
+            raise MixBTError(f'--w_size {self.w_size} must exceed the embedding size {z[0].shape[1]} '
                              '(or set --w_eps > 0): the covariance of a sub-batch is singular')
         perms = to_device(torch.stack([torch.randperm(n, generator=self.rng) for _ in range(self.w_iter)]),
                           z[0].device)
@@ -287,6 +445,27 @@ class CWRGP(WMSE):
     call for all sub-batches, views and groups) checks its error codes on the host, and
     PyTorch has no unchecked variant."""
 
+    whitens_embedding = False  # channel groups, each of emb/group channels
+    flags = WMSE.flags + (flag('--group', default=None, type=int, help='CW-RGP: channel groups whitened separately'),)
+
+    @classmethod
+    def defaults(cls, spec, dataset):
+        """scripts/base.sh and base/cfg.py of winci-ai/CW-RGP: the W-MSE Adam recipe; emb 512, w_size
+        64, group 4, w_eps 0; Tiny-ImageNet emb 1024, head 2048, w_size 128, group 2."""
+        tiny = dataset == 'tiny_imagenet'
+        return dict(Baseline.defaults(spec, dataset), head_size=2048 if tiny else 1024,
+                    emb=1024 if tiny else 512, w_size=128 if tiny else 64, group=2 if tiny else 4, w_eps=0.0)
+
+    @classmethod
+    def resolve(cls, args):
+        super().resolve(args)
+        if args.group < 1 or args.emb % args.group:
+            raise MixBTError(f'--group {args.group} must divide the embedding size {args.emb}')
+
+    @classmethod
+    def build(cls, args, model):
+        return cls(model, args.w_size, args.w_iter, args.w_eps, args.group, args.num_views, args.seed, args.fuse_views)
+
     def __init__(self, model, w_size=64, w_iter=1, w_eps=0.0, group=4, n_views=2, seed=0, fuse_views=True):
         super().__init__(model, w_size, w_iter, w_eps, n_views, seed, fuse_views)
         self.group = group
@@ -296,7 +475,7 @@ class CWRGP(WMSE):
         n, chunks = self.sub_batches(z[0])
         dim, device = z[0].shape[1], z[0].device
         if dim % self.group:
-            raise ValueError(f'--group {self.group} must divide the embedding size {dim}')
+            raise MixBTError(f'--group {self.group} must divide the embedding size {dim}')
         per_perm = chunks * len(views)  # channel permutations per sub-batch permutation
         drawn = []
         for _ in range(self.w_iter):
@@ -313,6 +492,28 @@ class INTL(Baseline):
     """INTL: losses.intl_loss (IterNorm with --intl_iters Newton steps + trace loss) on each
     view's head output; the head sees each view separately, as in INTL's forward."""
 
+    flags = Baseline.flags + (
+        flag('--intl_iters', '--iters', default=4, type=int, help='INTL: Newton iterations of IterNorm (T)'),)
+    head_layers = 2
+
+    @classmethod
+    def defaults(cls, spec, dataset):
+        """scripts/cifar10.sh and cifar/cfg.py of winci-ai/INTL: SGD momentum 0.9, lr 0.3 x batch/256,
+        weight decay 1e-4, 2 warm-up epochs then cosine to 0.001x, projector 2048-2048-2048; it
+        has no STL-10/Tiny-ImageNet recipe: the same is used."""
+        return dict(optimizer='sgd', lr=0.3, weight_decay=1e-4, lr_shed='cosine_exact', warmup_epochs=2, warmup_steps=0,
+                    head_size=2048, emb=2048)
+
+    @classmethod
+    def resolve(cls, args):
+        super().resolve(args)
+        if args.intl_iters < 1:
+            raise MixBTError(f'--intl_iters {args.intl_iters}: at least one Newton iteration')
+
+    @classmethod
+    def build(cls, args, model):
+        return cls(model, args.intl_iters, args.num_views, args.seed, args.fuse_views)
+
     def __init__(self, model, iters=4, n_views=2, seed=0, fuse_views=True):
         super().__init__(model, n_views, seed, fuse_views)
         self.iters = iters
@@ -324,93 +525,24 @@ class INTL(Baseline):
             return losses.intl_loss(z, self.iters), {}
 
 
-BASELINES = ('simclr', 'byol', 'wmse', 'intl', 'cwrgp')
-METHODS = ('mixbt', 'barlowtwins', 'hsic') + BASELINES
-
-
-def recipe(method, dataset):
-    """The defaults of a baseline on a data set (used for the flags left unset).
-
-    SimCLR, BYOL, W-MSE: the W-MSE README's command lines (32 px: lr 3e-3, emb 64; STL-10,
-    Tiny-ImageNet: lr 2e-3, emb 128; W-MSE w_size 128 / 256) and its cfg.py (Adam, weight
-    decay 1e-6, head 1024, 500 warm-up steps, x0.2 at epochs E-50 and E-25; w_eps 1e-4 as in
-    the reference's ssl-sota/cfg.py). CW-RGP: scripts/base.sh and base/cfg.py of winci-ai/CW-RGP
-    (the same Adam recipe; emb 512, w_size 64, group 4; Tiny-ImageNet emb 1024, head 2048,
-    w_size 128, group 2; w_eps 0). INTL: scripts/cifar10.sh and cifar/cfg.py of winci-ai/INTL
-    (SGD momentum 0.9, lr 0.3 x batch/256, weight decay 1e-4, 2 warm-up epochs then cosine to
-    0.001x, projector 2048-2048-2048); it has no STL-10/Tiny-ImageNet recipe: the same is used."""
-    small = dataset in ('cifar10', 'cifar100', 'fashionmnist')
-    tiny = dataset == 'tiny_imagenet'
-    if method == 'intl':
-        return dict(optimizer='sgd', lr=0.3, weight_decay=1e-4, lr_shed='cosine', warmup_epochs=2, warmup_steps=0,
-                    head_size=2048, emb=2048)
-    common = dict(optimizer='adam', lr=3e-3 if small else 2e-3, weight_decay=1e-6, lr_shed='step', warmup_steps=500)
-    if method == 'cwrgp':
-        return dict(common, head_size=2048 if tiny else 1024, emb=1024 if tiny else 512, w_size=128 if tiny else 64,
-                    group=2 if tiny else 4, w_eps=0.0)
-    out = dict(common, head_size=1024, emb=64 if small else 128)
-    if method == 'wmse':
-        out.update(w_size=128 if small else 256, w_eps=1e-4)
-    return out
+METHODS = {'mixbt': MixBT, 'barlowtwins': BarlowTwins, 'hsic': HSIC, 'simclr': SimCLR, 'byol': BYOL,
+           'wmse': WMSE, 'intl': INTL, 'cwrgp': CWRGP}
 
 
 def add_method_args(parser):
-    """Flags of the methods beyond the Barlow Twins family (main.py calls this)."""
-    g = parser.add_argument_group('baselines (simclr, byol, wmse, intl, cwrgp)',
-                                  'flags left unset take the method\'s recipe (methods.recipe), and so do '
-                                  '--lr, --lr_shed, --optimizer, --weight_decay, --warmup_steps, --warmup_epochs')
-    a = g.add_argument
-    a('--num_views', '--num_samples', '--nmb_crops', default=None, type=int,
-      help='views per image (W-MSE 4 / CW-RGP 4: 4); default 2')
-    a('--emb', default=None, type=int, help='head output size (W-MSE repository name); sets --projector HEAD-EMB')
-    a('--head_size', default=None, type=int, help='hidden width of the head (INTL: of both hidden layers)')
-    a('--tau', default=0.5, type=float, help='SimCLR: NT-Xent temperature')
-    a('--byol_tau', default=0.99, type=float, help='BYOL: starting EMA rate of the target network')
-    a('--w_size', default=None, type=int, help='W-MSE, CW-RGP: whitening sub-batch size (of the global batch)')
-    a('--w_iter', default=1, type=int, help='W-MSE, CW-RGP: random sub-batch partitions per step')
-    a('--w_eps', default=None, type=float, help='W-MSE, CW-RGP: whitening shrinkage, (1-eps) cov + eps I')
-    a('--group', default=None, type=int, help='CW-RGP: channel groups whitened separately')
-    a('--intl_iters', '--iters', default=4, type=int, help='INTL: Newton iterations of IterNorm (T)')
+    """Every registered method's flags, each added once, in a group per method."""
+    seen = set()
+    for name, cls in METHODS.items():
+        new = [(names, kwargs) for names, kwargs in cls.flags if names[0] not in seen]
+        if new:
+            group = parser.add_argument_group(f'--method {name}' + (' (and the methods built on it)' if name in
+                                                                     ('barlowtwins', 'wmse') else ''))
+            for names, kwargs in new:
+                group.add_argument(*names, **kwargs)
+                seen.add(names[0])
+    parser.set_defaults(corr_neg_one=False)
 
 
-def resolve_method_args(args):
-    """Per-method defaults applied after parsing (main.py calls this, before its own defaults):
-    a baseline fills each flag the user left unset (None) from `recipe`, and its head
-    --projector from --head_size/--emb (INTL: HEAD-HEAD-EMB); --feature_dim follows the head."""
-    if args.method not in BASELINES:
-        if args.num_views not in (None, 2):
-            raise ValueError(f'--num_views {args.num_views}: --method {args.method} uses two views')
-        return args
-    for key, value in recipe(args.method, args.dataset).items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    if args.projector is None:
-        hidden = [args.head_size] * (2 if args.method == 'intl' else 1)
-        args.projector = '-'.join(str(s) for s in hidden + [args.emb])
-    args.emb = args.feature_dim = int(args.projector.split('-')[-1])
-    if args.num_views is None:
-        args.num_views = 2
-    return args
-
-
-def build_method(args, model):
-    """The method object for --method (default: the original behaviour from --is_mixup /
-    --corr_neg_one)."""
-    name = args.method
-    fuse = args.fuse_views
-    if name in ('mixbt', 'barlowtwins', 'hsic'):
-        return BarlowTwins(model, args.lmbda, corr_neg_one=args.corr_neg_one, is_mixup=args.is_mixup,
-                           mixup_loss_scale=args.mixup_loss_scale, mixup_warmup_epochs=args.mixup_warmup_epochs,
-                           seed=args.seed, fuse_views=fuse)
-    views, seed = args.num_views, args.seed
-    if name == 'simclr':
-        return SimCLR(model, args.emb, args.tau, views, seed, fuse)
-    if name == 'byol':
-        return BYOL(model, args.emb, args.head_size, args.byol_tau, views, seed, fuse)
-    if name == 'wmse':
-        return WMSE(model, args.w_size, args.w_iter, args.w_eps, views, seed, fuse)
-    if name == 'cwrgp':
-        return CWRGP(model, args.w_size, args.w_iter, args.w_eps, args.group, views, seed, fuse)
-    if name == 'intl':
-        return INTL(model, args.intl_iters, views, seed, fuse)
-    raise ValueError(f'unknown --method {name!r}; choose one of {METHODS}')
+def method_schedule_keys():
+    """The method flags that a resumed run may change."""
+    return tuple(k for cls in METHODS.values() for k in cls.resume_schedule)

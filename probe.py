@@ -1,15 +1,13 @@
-"""The probe loop shared by linear.py and transfer.py: a linear classifier on a frozen (or,
-for ImageNet semi-supervised evaluation, fine-tuned) backbone.
+"""The probe shared by linear.py and transfer.py: a linear classifier on a frozen (or, for
+ImageNet semi-supervised evaluation, fine-tuned) backbone.
 
-A frozen backbone stays in eval mode, so its BatchNorm statistics never change (the
-reference left it in train mode: REFERENCE.md section 5). When the training inputs are
-not augmented, the frozen features are extracted once and the classifier trains on the
-cached features; test features are always extracted once for a frozen backbone.
-
-Under torchrun every rank takes part in every step and the gradients equal one process's on
-the global batch (run_epoch). A run folder with a fixed name (--run_name, slurm<job id>_... on
-SLURM, --checkpoint-dir of evaluate_imagenet.py) is continued when the command starts again.
+A frozen backbone stays in eval mode, so its BatchNorm statistics never change (the reference
+left it in train mode: docs/protocol.md section 5). Inputs that are not augmented are embedded
+once and the classifier trains on the cached features. Under torchrun every rank takes part in
+every step and the gradients equal one process's on the global batch (run_epoch). Run folders
+follow runs.py.
 """
+import contextlib
 import json
 import math
 import os
@@ -21,8 +19,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import distributed as D
-from runlog import RunLog, new_run_id
-from utils import atomic_save, backward_step, changed_settings, install_requeue_handler, rng_state, set_rng_state
+from checkpoints import CheckpointError, atomic_save
+from errors import MixBTError
+from runlog import RunLog
+from runs import RunFolder, check_identity
+from utils import backward_step, grad_scaler, install_requeue_handler, rng_state, set_rng_state
 
 
 class Probe(nn.Module):
@@ -82,8 +83,42 @@ def feature_batches(features, labels, batch_size, shuffle=False, seed=0):
         yield features[mine], labels[mine], len(chunk)
 
 
-def run_epoch(forward, batches, device, optimizer=None, amp_dtype=None, desc='', total=None, on_step=None,
-              scaler=None):
+def linear_eval_on_embeddings(train_x, train_y, test_x, test_y, num_classes=None, epochs=500, batch_size=1000,
+                              lr=1e-2, lr_end=1e-6, weight_decay=5e-6, seed=0):
+    """The W-MSE code's linear evaluation at the end of training (eval/sgd.py; docs/protocol.md
+    section 6): {'linear_top1', 'linear_top5'} (%) of a linear layer trained on precomputed
+    embeddings (no augmentation): Adam with weight decay 5e-6, lr 1e-2 decayed exponentially after
+    each epoch to reach 1e-6 after 500 epochs, cross-entropy over mini-batches of 1000 of a new
+    permutation each epoch. The original reshapes the permutation to (-1, 1000), so it needs a
+    multiple of 1000 samples (all four data sets are); here a last, smaller batch takes the rest.
+    The layer starts as nn.Linear does (U(+-1/sqrt(in))), drawn, like the permutations, from `seed`."""
+    device = train_x.device
+    num_classes = num_classes or int(train_y.max()) + 1
+    gen = torch.Generator().manual_seed(seed)
+    clf = nn.Linear(train_x.shape[1], num_classes)
+    bound = 1 / math.sqrt(train_x.shape[1])
+    with torch.no_grad():
+        clf.weight.uniform_(-bound, bound, generator=gen)
+        clf.bias.uniform_(-bound, bound, generator=gen)
+    clf.to(device).train()
+    optimizer = torch.optim.Adam(clf.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=(lr_end / lr) ** (1 / epochs))
+    train_x, test_x = train_x.float(), test_x.float()
+    with torch.enable_grad():
+        for _ in range(epochs):
+            for idx in torch.randperm(len(train_x), generator=gen).to(device).split(batch_size):
+                optimizer.zero_grad(set_to_none=True)
+                F.cross_entropy(clf(train_x[idx]), train_y[idx]).backward()
+                optimizer.step()
+            scheduler.step()
+    clf.eval()
+    with torch.no_grad():
+        top = clf(test_x).topk(min(5, num_classes), dim=1).indices == test_y[:, None]
+    return {'linear_top1': top[:, :1].any(1).float().mean().item() * 100,
+            'linear_top5': top.any(1).float().mean().item() * 100}
+
+
+def run_epoch(forward, batches, device, optimizer=None, amp_dtype=None, desc='', total=None, scaler=None):
     """One pass: (loss, top-1 %, top-5 %) over every rank's samples. Trains when given an optimizer.
 
     `batches` yields (x, y) where every rank holds an equal share of the global batch (a
@@ -100,8 +135,6 @@ def run_epoch(forward, batches, device, optimizer=None, amp_dtype=None, desc='',
     for step, batch in enumerate(bar):
         x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         n_global = batch[2] if len(batch) > 2 else len(y) * ws
-        if on_step is not None:
-            on_step(step)
         with torch.set_grad_enabled(training), \
                 torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             out = forward(x)
@@ -122,72 +155,47 @@ def run_epoch(forward, batches, device, optimizer=None, amp_dtype=None, desc='',
 
 # Flags that may change when a run is continued: where things live and how fast it runs, not
 # what it computes. Any other difference means the folder holds another evaluation.
-RESUME_FREE_ARGS = {'resume', 'run_name', 'results_dir', 'data_root', 'model_path', 'workers', 'gpu', 'download',
-                    'print_freq', 'wandb_group', 'screen', 'precision'}
+RESUME_FREE_ARGS = ('resume', 'run_name', 'results_dir', 'data_root', 'model_path', 'workers', 'gpu', 'download',
+                    'print_freq', 'wandb_group', 'screen', 'precision', 'skip_bad_images')
 
 
-def run_name(args, prefix):
-    """The fixed run-folder name: --run_name, else on SLURM slurm<job id>_<prefix> (so that a
-    requeued job finds its run again, and several evaluations in one job keep apart), else None."""
-    if getattr(args, 'run_name', None):
-        return args.run_name
-    if 'SLURM_JOB_ID' in os.environ:
-        return f'slurm{os.environ["SLURM_JOB_ID"]}_{prefix}'
-    return None
-
-
-def check_resume_args(saved, args, path):
-    """Refuse to continue a run of another evaluation (another checkpoint, data set, recipe)."""
-    diff = changed_settings(saved.get('args') or {}, args, [k for k in vars(args) if k not in RESUME_FREE_ARGS])
-    if saved.get('model_file') and saved['model_file'] != os.path.realpath(args.model_path):
-        diff.append(f'--model_path {saved["model_file"]} -> {os.path.realpath(args.model_path)}')
-    if diff:
-        from model import CheckpointError
-        raise CheckpointError(f'{path} holds another evaluation (this command changes {"; ".join(diff)}). Give '
-                              f'this one its own run folder (--run_name, or --checkpoint-dir for evaluate_imagenet.py)')
+def is_probe_state(saved):
+    return isinstance(saved, dict) and 'fc' in saved and 'epoch' in saved
 
 
 def open_run(args, prefix, project, wandb_group=None, wandb_name=None):
-    """(run folder, run id, saved state or None, RunLog) for a probe run.
-
-    The folder is --resume (a run folder or its checkpoint.pth) if given; else <results_dir>/
-    <run name> when the name is fixed (run_name above), continued automatically when it already
-    holds a checkpoint.pth (as main.py and the official evaluate.py do); else a new
-    <results_dir>/<random id>."""
-    from model import read_checkpoint, CheckpointError
-    name = run_name(args, prefix)
-    resume = args.resume
-    if resume is None and name and os.path.isfile(os.path.join(args.results_dir, name, 'checkpoint.pth')):
-        resume = os.path.join(args.results_dir, name)
-    resume = D.broadcast_object(resume)  # every rank takes rank 0's decision
-    saved = None
-    if resume:
-        path = os.path.join(resume, 'checkpoint.pth') if os.path.isdir(resume) else resume
-        saved = read_checkpoint(path)
-        if not isinstance(saved, dict) or 'fc' not in saved or 'epoch' not in saved:
-            raise CheckpointError(f'--resume: {path} is not a probe checkpoint written by linear.py/transfer.py')
-        check_resume_args(saved, args, path)
-        run_id, run_dir = saved['run_id'], os.path.dirname(os.path.abspath(path))
-    else:
-        run_id = D.broadcast_object(new_run_id())  # the wandb id: unique even where the folder name is fixed
-        run_dir = os.path.join(args.results_dir, name or run_id)
-    if 'SLURM_JOB_ID' in os.environ:
-        install_requeue_handler(os.path.join(run_dir, 'checkpoint.pth'))
-    log = RunLog(run_dir, prefix, args, project, run_id, resume=bool(resume), history=saved['history'] if saved else None,
-                 plot_keys=(('train_loss', 'test_loss'), ('train_acc@1', 'test_acc@1', 'test_acc@5')),
-                 wandb_group=wandb_group, wandb_name=wandb_name)
-    return run_dir, run_id, saved, log
+    """(run folder, saved state or None, RunLog) of a probe run, its folder locked (runs.RunFolder).
+    A run folder is continued only by the same evaluation (same checkpoint file too)."""
+    folder = RunFolder(args, 'checkpoint.pth', suffix=prefix, is_state=is_probe_state,
+                       what='a probe checkpoint written by linear.py/transfer.py').acquire()
+    try:
+        saved = folder.read_state()
+        if saved is not None:
+            check_identity(saved.get('args') or {}, args, RESUME_FREE_ARGS, (), folder.resume_path)
+            if saved.get('model_file') and saved['model_file'] != os.path.realpath(args.model_path):
+                raise CheckpointError(f'{folder.resume_path} holds another evaluation (of {saved["model_file"]}, not '
+                                      f'{os.path.realpath(args.model_path)}). Give this one its own run folder '
+                                      f'(--run_name, or --checkpoint-dir for evaluate_imagenet.py)')
+        if 'SLURM_JOB_ID' in os.environ:
+            install_requeue_handler(os.path.join(folder.path, 'checkpoint.pth'))
+        log = RunLog(folder.path, prefix, args, project, folder.run_id, resume=saved is not None,
+                     history=saved['history'] if saved else None,
+                     plot_keys=(('train_loss', 'test_loss'), ('train_acc@1', 'test_acc@1', 'test_acc@5')),
+                     wandb_group=wandb_group, wandb_name=wandb_name)
+    except BaseException:
+        folder.release(failed=True)
+        raise
+    return folder, saved, log
 
 
 def fit(args, *, probe, ddp_train, train_batches, test_forward, test_batches, optimizer, scheduler, device,
-        log, run_dir, run_id, saved=None, amp_dtype=None, steps_per_epoch=None, step_scheduler=None, scaler=None):
+        log, run_dir, run_id, saved=None, amp_dtype=None, steps_per_epoch=None, scaler=None):
     """Train for args.epochs (continuing `saved`), evaluating each epoch; returns the result dict.
 
     `train_batches(epoch)` / `test_batches()` yield batches as run_epoch takes them: (input,
     label) or (input, label, global batch count); `ddp_train` maps a training
     input to logits (the probe, DDP-wrapped when distributed); `test_forward` maps a test input
-    to logits. `step_scheduler(step)` (optional) sets the learning rate each step; `scaler`: a
-    GradScaler (float16 autocast), saved and restored with the rest of the state."""
+    to logits. `scaler`: a GradScaler (float16 autocast), saved and restored with the rest of the state."""
     start, best = 0, {'test_acc@1': 0.0, 'test_acc@5': 0.0, 'epoch': 0}
     if saved is not None:
         probe.fc.load_state_dict(saved['fc'])
@@ -207,17 +215,17 @@ def fit(args, *, probe, ddp_train, train_batches, test_forward, test_batches, op
     for epoch in range(start, args.epochs):
         t0 = time.time()
         probe.train()
-        on_step = (lambda s, e=epoch: step_scheduler(e * steps_per_epoch + s)) if step_scheduler else None
         train_loss, train1, train5 = run_epoch(ddp_train, train_batches(epoch), device, optimizer, amp_dtype,
                                                desc=f'Train [{epoch + 1}/{args.epochs}]', total=steps_per_epoch,
-                                               on_step=on_step, scaler=scaler)
+                                               scaler=scaler)
         if scheduler is not None:
             scheduler.step()
         probe.eval()
         test_loss, test1, test5 = run_epoch(test_forward, test_batches(), device, None, amp_dtype, desc='Test')
         if not all(math.isfinite(v) for v in (train_loss, test_loss)):
-            raise RuntimeError(f'the probe loss became non-finite in epoch {epoch + 1}; stopped')
-        if test1 > best['test_acc@1']:
+            raise MixBTError(f'the probe loss became non-finite in epoch {epoch + 1}; stopped, and nothing of epoch '
+                             f'{epoch + 1} was saved (checkpoint.pth holds epoch {epoch})')
+        if test1 > best['test_acc@1'] or not best['epoch']:  # the first evaluation always counts
             best = {'test_acc@1': test1, 'test_acc@5': test5, 'epoch': epoch + 1}
         row = {'epoch': epoch + 1, 'lr': optimizer.param_groups[0]['lr'], 'train_loss': train_loss,
                'train_acc@1': train1, 'train_acc@5': train5, 'test_loss': test_loss, 'test_acc@1': test1,
@@ -246,3 +254,82 @@ def fit(args, *, probe, ddp_train, train_batches, test_forward, test_batches, op
         log.summary(**{k: v for k, v in result.items() if k != 'run_dir'})
     log.finish()
     return result
+
+
+def wrap_ddp(module, device):
+    if D.world_size() == 1:
+        return module
+    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == 'cuda' else None)
+
+
+def image_batches(dataset, args, device, shuffle=True):
+    """A function epoch -> this rank's batches of `dataset` (global batch args.batch_size).
+    Without shuffling (evaluation) every sample is seen exactly once over all ranks."""
+    if shuffle:
+        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=D.world_size(), rank=D.rank(),
+                                                      shuffle=True, seed=args.seed)
+    else:
+        sampler = range(D.rank(), len(dataset), D.world_size())
+    loader = torch.utils.data.DataLoader(dataset, batch_size=max(args.batch_size // D.world_size(), 1),
+                                         sampler=sampler, num_workers=args.workers,
+                                         pin_memory=device.type == 'cuda')
+
+    def batches(epoch):
+        if shuffle:
+            sampler.set_epoch(epoch)
+        loader.generator = torch.Generator().manual_seed(args.seed * 100003 + epoch * 1009 + D.rank())
+        return loader
+    return batches, len(loader)
+
+
+def frozen_probe(args, *, backbone, emb, num_classes, train_ds, train_is_augmented, test_ds, device, amp,
+                 optimizer_fn, scheduler_fn, prefix, project, wandb_group=None, wandb_name=None, fc_init=None):
+    """Run a frozen-backbone probe: cached features where the inputs are deterministic."""
+    probe = Probe(backbone, emb, num_classes, freeze=True)
+    if fc_init is not None:
+        fc_init(probe.fc)
+    probe.to(device)
+    folder, saved, log = open_run(args, prefix, project, wandb_group, wandb_name)
+    with folder_held(folder):
+        return _frozen_fit(args, probe, folder, saved, log, train_ds, train_is_augmented, test_ds, device, amp,
+                           optimizer_fn, scheduler_fn)
+
+
+@contextlib.contextmanager
+def folder_held(folder):
+    """The run folder's lock, released at the end (and the folder removed if a failed start left it empty)."""
+    try:
+        yield folder
+    except BaseException:
+        folder.release(failed=True)
+        raise
+    folder.release()
+
+
+def _frozen_fit(args, probe, folder, saved, log, train_ds, train_is_augmented, test_ds, device, amp, optimizer_fn,
+                scheduler_fn):
+    run_dir, run_id = folder.path, folder.run_id
+    if D.is_main():
+        print(f'Run folder: {run_dir}')
+    optimizer = optimizer_fn(probe.fc.parameters())
+    scheduler = scheduler_fn(optimizer)
+    if saved is not None and saved['epoch'] >= args.epochs:  # finished already (a requeued job): report only
+        no_batches = lambda *_: iter(())
+        return fit(args, probe=probe, ddp_train=probe, train_batches=no_batches, test_forward=probe.fc,
+                   test_batches=no_batches, optimizer=optimizer, scheduler=scheduler, device=device, log=log,
+                   run_dir=run_dir, run_id=run_id, saved=saved, amp_dtype=amp)
+    test_f, test_y = extract_features(probe.backbone, test_ds, device, args.batch_size, args.workers, amp, 'test features')
+    test_batches = lambda: feature_batches(test_f, test_y, args.batch_size)
+    if train_is_augmented:
+        train_batches, steps = image_batches(train_ds, args, device)
+        ddp_train = wrap_ddp(probe, device)
+    else:
+        train_f, train_y = extract_features(probe.backbone, train_ds, device, args.batch_size, args.workers, amp,
+                                            'train features')
+        train_batches = lambda epoch: feature_batches(train_f, train_y, args.batch_size, True, args.seed + epoch)
+        steps = -(-len(train_f) // args.batch_size)
+        ddp_train = wrap_ddp(probe.fc, device)
+    return fit(args, probe=probe, ddp_train=ddp_train, train_batches=train_batches, test_forward=probe.fc,
+               test_batches=test_batches, optimizer=optimizer, scheduler=scheduler, device=device, log=log,
+               run_dir=run_dir, run_id=run_id, saved=saved, amp_dtype=amp, steps_per_epoch=steps,
+               scaler=grad_scaler(amp, device))

@@ -1,4 +1,4 @@
-"""Transfer evaluation of a small-data backbone on fine-grained data sets (REFERENCE.md section 5).
+"""Transfer evaluation of a small-data backbone on fine-grained data sets (docs/protocol.md section 5).
 
     python transfer.py --dataset cifar10 --transfer_dataset dtd --arch resnet18 \
         --model_path checkpoints/4wdhbpcf_0.0078125_1024_256_cifar10_model.pth
@@ -17,8 +17,10 @@ from torchvision import transforms as T
 
 import data as datasets
 import distributed as D
-from linear import frozen_probe
-from model import SMALL_DATASETS, CheckpointError, load_backbone, resolve_dataset_arg
+from checkpoints import load_backbone, resolve_dataset_arg
+from errors import MixBTError
+from runs import check_writable
+from probe import frozen_probe
 from transfer_data import TRANSFER, load_transfer
 from utils import autocast_dtype, run_command, seed_everything
 
@@ -26,7 +28,7 @@ from utils import autocast_dtype, run_command, seed_everything
 def get_args(argv=None):
     p = argparse.ArgumentParser(description='Transfer evaluation', allow_abbrev=False)
     a = p.add_argument
-    a('--dataset', default=None, choices=sorted(SMALL_DATASETS),
+    a('--dataset', default=None, choices=datasets.IN_MEMORY,
       help="pretraining data set of the checkpoint (default: the one its file name or run folder names, else cifar10)")
     a('--transfer_dataset', default='dtd', choices=sorted(TRANSFER), help='data set to evaluate on')
     a('--arch', default=None, choices=['resnet18', 'resnet50'], help='default: inferred from the checkpoint')
@@ -49,11 +51,22 @@ def get_args(argv=None):
     a('--subset', default=0, type=int, help='use only N images of each split')
     a('--resume', default=None, help='probe run folder (or its checkpoint.pth) to continue')
     a('--precision', default='auto', choices=['auto', 'fp32', 'bf16', 'fp16'])
-    return resolve_dataset_arg(p.parse_args(argv), SMALL_DATASETS)
+    a('--flowers_split', default='reference', choices=['reference', 'official'],
+      help="vgg_flower: the original's seeded 80/20 split of each class (reference) or setid.mat's train+val/test")
+    args = resolve_dataset_arg(p.parse_args(argv), datasets.IN_MEMORY)
+    for key in ('batch_size', 'epochs'):
+        if getattr(args, key) < 1:
+            raise MixBTError(f'--{key} {getattr(args, key)} must be at least 1')
+    if not args.lr > 0:
+        raise MixBTError(f'--lr {args.lr} must be a positive number')
+    if any(m < 0 for m in args.milestones):
+        raise MixBTError(f'--milestones {args.milestones}: epochs must be >= 0')
+    return args
 
 
 def main(argv=None):
     args = get_args(argv)
+    check_writable(args.results_dir)
     device = D.init_distributed(args.gpu)
     seed_everything(args.seed + D.rank())
     amp = autocast_dtype(args.precision, device)
@@ -61,24 +74,28 @@ def main(argv=None):
     spec = TRANSFER[args.transfer_dataset]
     size = datasets.SPECS[args.dataset].size
     tf = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize(spec.mean, spec.std)])
-    train = load_transfer(args.transfer_dataset, args.data_root, True, tf, args.download)
-    test = load_transfer(args.transfer_dataset, args.data_root, False, tf, args.download)
+    train = load_transfer(args.transfer_dataset, args.data_root, True, tf, args.download,
+                          flowers_split=args.flowers_split)
+    test = load_transfer(args.transfer_dataset, args.data_root, False, tf, args.download,
+                         flowers_split=args.flowers_split)
     if args.subset:
         train = torch.utils.data.Subset(train, range(min(args.subset, len(train))))
         test = torch.utils.data.Subset(test, range(min(args.subset, len(test))))
     stem = os.path.splitext(os.path.basename(args.model_path))[0]
+    name = args.transfer_dataset + ('-official' if args.transfer_dataset == 'vgg_flower'
+                                    and args.flowers_split == 'official' else '')
     return frozen_probe(
         args, backbone=backbone, emb=emb, num_classes=spec.num_classes, train_ds=train, train_is_augmented=False,
         test_ds=test, device=device, amp=amp,
         optimizer_fn=lambda params: torch.optim.SGD(params, lr=args.lr, momentum=0.9),
         scheduler_fn=lambda opt: torch.optim.lr_scheduler.MultiStepLR(opt, args.milestones, gamma=0.1),
-        prefix=f'{stem}_transfer_{args.transfer_dataset}',
+        prefix=f'{stem}_transfer_{name}',
         project=f'Barlow-Twins-MixUp-TransferLearn-[{args.dataset}-to-X]-{arch}',
-        wandb_group=args.wandb_group, wandb_name=args.transfer_dataset)
+        wandb_group=args.wandb_group, wandb_name=name)
 
 
 def cli(argv=None):
-    return run_command(lambda: main(argv), (CheckpointError, datasets.DatasetNotFound, FileNotFoundError, ValueError))
+    return run_command(lambda: main(argv))
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""Checkpoint I/O, learning-rate schedules, LARS, seeding and RNG state."""
+"""Learning-rate schedules, LARS, seeding and RNG state, and small helpers of the entry points."""
 import functools
 import math
 import os
@@ -6,52 +6,43 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import torch
 
 
-# ---------------------------------------------------------------- checkpoints
-def atomic_save(obj, path):
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`:
-    a kill at any moment leaves either the old file or the new one, never a torn file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the permissions open() would
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 # ---------------------------------------------------------------- learning-rate schedules
-def cosine_factor(step, total_steps, warmup_steps, final=0.001):
-    """Linear warm-up 0 -> 1 over `warmup_steps`, then cosine 1 -> `final` (reference, per step)."""
-    if step < warmup_steps:
-        return step / warmup_steps
-    step, total = step - warmup_steps, max(total_steps - warmup_steps, 1)
-    q = 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+def warmup_cosine_factor(step, steps_per_epoch, epochs, warmup_epochs=10.0, final=0.001, first_epoch=1):
+    """The originals' per-step cosine schedule, as a factor of the base learning rate
+    (lr x batch/256; LARS: each group's lr x batch/256). `step` is our 0-based global step.
+
+    The originals index step i of epoch e as e*L + i (L = steps per epoch): warm-up
+    factor index/W (W = warmup_epochs*L), then q + final*(1-q), q = (1 + cos(pi (index-W) /
+    (epochs*L - W))) / 2, not clamped. `first_epoch` is the number of the first epoch there:
+    1 in the mix-bt small-data main.py (so the first step is already at L/W of the warm-up,
+    1/10 with 10 epochs, the cosine reaches `final` one epoch early and the last epoch passes
+    beyond it, rising again, docs/protocol.md section 4); 0 in the official Barlow Twins and
+    mix-bt ImageNet scripts (warm-up from 0, the cosine ends at the last step).
+    Where the originals would divide by zero (no steps left for the cosine), `final`."""
+    index = step + first_epoch * steps_per_epoch
+    warmup = int(warmup_epochs * steps_per_epoch)
+    if index < warmup:
+        return index / warmup
+    span = epochs * steps_per_epoch - warmup
+    if span <= 0:
+        return final
+    q = 0.5 * (1 + math.cos(math.pi * (index - warmup) / span))
     return q + final * (1 - q)
 
 
 def step_factor(epoch, epochs, drops=(50, 25), gamma=0.2, step=0, warmup_steps=0):
-    """x gamma at each epoch E - d (MultiStepLR semantics: milestones <= 0 never fire), with an
-    optional linear warm-up over the first `warmup_steps` steps (the W-MSE repository's)."""
-    factor = gamma ** sum(1 for d in drops if 0 < epochs - d <= epoch)
+    """x gamma at each epoch E - d, as torch's MultiStepLR stepped after each epoch (0-based
+    `epoch` here): a milestone 0 fires at once (MultiStepLR's first step, at construction),
+    negative ones never. Optional linear warm-up over the first `warmup_steps` steps (the W-MSE
+    repository's, which sets the lr itself during the warm-up and so overwrites a milestone 0;
+    a milestone >= 1 reached inside the warm-up, possible only for E < 51 epochs, is not modelled)."""
+    first = 1 if warmup_steps > 0 else 0
+    factor = gamma ** sum(1 for d in drops if first <= epochs - d <= epoch)
     if step < warmup_steps:
         factor *= step / warmup_steps
     return factor
@@ -154,9 +145,16 @@ def changed_settings(saved_args, args, keys):
             if k in saved_args and saved_args[k] != getattr(args, k, None)]
 
 
-def backward_step(loss, optimizer, scaler=None):
-    """zero_grad, backward and step; through the GradScaler when there is one (float16 autocast)."""
+def backward_step(loss, optimizer, scaler=None, grad_scale=1.0):
+    """zero_grad, backward and step; through the GradScaler when there is one (float16 autocast).
+
+    `grad_scale` multiplies the loss that is differentiated (not `loss` itself, which callers
+    log): 1/W reproduces a reference trained on W processes whose cross-correlation was summed
+    with a plain all_reduce, which left every gradient at 1/W of the true one after DDP's
+    averaging (docs/protocol.md section 4; our collectives give the true gradient)."""
     optimizer.zero_grad(set_to_none=True)
+    if grad_scale != 1:
+        loss = loss * grad_scale
     if scaler is None:
         loss.backward()
         optimizer.step()
@@ -186,13 +184,15 @@ def install_requeue_handler(state_path):
     signal.signal(signal.SIGTERM, lambda *_: None)  # SLURM sends SIGTERM before SIGKILL: let SIGUSR1 act
 
 
-def run_command(main, errors):
-    """A script's command-line entry: the expected failures (`errors`: bad input, missing data,
-    a non-finite loss) end in one clear line and exit code 1, not a traceback."""
+def run_command(main):
+    """A script's command-line entry: the project's own checks (errors.MixBTError: bad input,
+    missing data, a non-finite loss) end in one line and exit code 1; any other exception keeps
+    its traceback."""
     import distributed
+    from errors import MixBTError
     try:
         return main()
-    except errors as e:
+    except MixBTError as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(1)
     finally:

@@ -1,0 +1,310 @@
+"""Checkpoint files: atomic writing, weights-only reading, strict loading, layout inference
+and the released file names (docs/protocol.md section 2: never a silent partial load).
+"""
+import json
+import math
+import os
+import pickle
+import re
+import tempfile
+
+import torch
+import torch.nn as nn
+
+from data import IN_MEMORY, SPECS
+from errors import MixBTError
+from model import EMBEDDING_SIZE, mlp, resnet, small_backbone
+
+
+class CheckpointError(MixBTError):
+    pass
+
+
+class NonFiniteState(MixBTError):
+    pass
+
+
+# ---------------------------------------------------------------------------- writing
+def non_finite_entries(obj, prefix=''):
+    """Names of the floating-point tensors in `obj` (nested dicts/lists) that hold inf or NaN."""
+    if isinstance(obj, torch.Tensor):
+        return [prefix or 'tensor'] if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else []
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    return [name for k, v in items for name in non_finite_entries(v, f'{prefix}.{k}' if prefix else str(k))]
+
+
+def _free_space(folder):
+    import shutil
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def atomic_save(obj, path):
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`: a kill
+    at any moment leaves either the old file or the new one, never a torn file. A state with a
+    non-finite tensor is never written (NonFiniteState names it); a failed write removes its
+    temporary file and says why (no space left, permissions...), with the old file intact."""
+    bad = non_finite_entries(obj)
+    if bad:
+        raise NonFiniteState(f'not writing {path}: {", ".join(bad[:5])}{" ..." if len(bad) > 5 else ""} '
+                             f'{"is" if len(bad) == 1 else "are"} not finite')
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the permissions open() would
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, MixBTError):
+            free = _free_space(folder)
+            reason = (f'no space left on {folder}' if getattr(e, 'errno', None) == 28
+                      or (free is not None and free < 64 * 2**20)
+                      else f'{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}')
+            kept = 'the previous file is intact' if os.path.exists(path) else 'nothing was written'
+            raise CheckpointError(f'could not write {path}: {reason}; {kept}') from e
+        raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(folder):
+    """Remove the temporary files that killed writes left in `folder` (.<name>.<random>.tmp);
+    returns how many. Call it only while holding the folder's lock."""
+    removed = 0
+    for name in os.listdir(folder) if os.path.isdir(folder) else ():
+        if name.startswith('.') and name.endswith('.tmp') and not name.startswith('.lock'):
+            try:
+                os.remove(os.path.join(folder, name))
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+# Checkpoints are read with torch.load(weights_only=True): tensors and plain containers only, so
+# that a downloaded file cannot run code when it is opened. Files that pickle other Python
+# objects are refused unless the user says they trust them.
+TRUST_ENV = 'MIXBT_TRUST_CHECKPOINTS'
+
+
+def read_checkpoint(path):
+    """torch.load (weights only) with a clear message for a missing, truncated, foreign or unsafe file."""
+    trusted = os.environ.get(TRUST_ENV, '') not in ('', '0')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=not trusted)
+    except FileNotFoundError:
+        raise CheckpointError(f'checkpoint not found: {path}') from None
+    except pickle.UnpicklingError as e:
+        found = re.search(r'GLOBAL ([\w.]+)', str(e))
+        if found is None:  # not a pickle the weights-only reader understands: junk, text, truncated
+            detail = next((line.strip() for line in str(e).splitlines() if line.strip().startswith('Unsupported')),
+                          str(e).strip().splitlines()[0])
+            raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({detail})') from None
+        raise CheckpointError(
+            f'{path} holds Python objects besides tensors and plain containers (it pickles {found.group(1)}). '
+            f'Opening it would run code stored in the file, so it was not loaded. If you trust where it comes '
+            f'from (for example a last.pth written by an older version of this code), run again with '
+            f'{TRUST_ENV}=1') from None
+    except Exception as e:  # truncated zip, pickle garbage, text file...
+        raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})') from None
+
+
+# thop.profile leaves `total_ops`/`total_params` buffers on every module it has no counting rule
+# for (Sequential, BasicBlock, Bottleneck, Model). The reference profiled its model in place
+# before training, so its released state dicts carry these counters: not weights, dropped here.
+PROFILER_COUNTERS = ('total_ops', 'total_params')
+
+
+def _unwrap(obj):
+    """The state dict inside the formats we know: raw, {'model': ...}, {'state_dict': ...}, DDP
+    prefixes; thop's profiling counters removed."""
+    if isinstance(obj, dict) and 'model' in obj and isinstance(obj['model'], dict):
+        obj = obj['model']
+    elif isinstance(obj, dict) and 'state_dict' in obj and isinstance(obj['state_dict'], dict):
+        obj = obj['state_dict']
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError('the file does not hold a state dict (a mapping of names to tensors)')
+    return {re.sub(r'^(module\.)+', '', k): v for k, v in obj.items()
+            if k.rsplit('.', 1)[-1] not in PROFILER_COUNTERS}
+
+
+def compare_state(expected, given):
+    """Missing keys, unexpected keys and shape mismatches between two state dicts."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = sorted(f'{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}'
+                    for k in set(expected) & set(given) if given[k].shape != expected[k].shape)
+    return missing, unexpected, shapes
+
+
+def _format_problems(missing, unexpected, shapes, limit=12):
+    def clip(items):
+        return ', '.join(items[:limit]) + (f' ... ({len(items)} in all)' if len(items) > limit else '')
+    parts = []
+    if missing:
+        parts.append(f'missing keys: {clip(missing)}')
+    if unexpected:
+        parts.append(f'unexpected keys: {clip(unexpected)}')
+    if shapes:
+        parts.append(f'shape mismatches: {clip(shapes)}')
+    return '; '.join(parts)
+
+
+def load_strict(module, state, what='checkpoint'):
+    """load_state_dict(strict=True) whose error names every missing/unexpected key and shape."""
+    missing, unexpected, shapes = compare_state(module.state_dict(), state)
+    if missing or unexpected or shapes:
+        raise CheckpointError(f'{what} does not match the model: ' + _format_problems(missing, unexpected, shapes))
+    module.load_state_dict(state, strict=True)
+    return module
+
+
+def infer_small_variant(state):
+    """(arch, dataset-family) of a small-data `f.*` state dict from its keys and shapes.
+
+    Returns arch in {'resnet18', 'resnet50'} and stem in {'no_maxpool', 'maxpool'}."""
+    conv1 = state.get('f.0.weight')
+    if conv1 is None or conv1.shape != (64, 3, 3, 3):
+        raise CheckpointError('no 3x3 small-data stem at f.0.weight: not a small-data `Model` checkpoint')
+    # layer1 is f.3 without max-pool, f.4 with it (f.3 is then the parameter-less max-pool).
+    stem = 'no_maxpool' if any(k.startswith('f.3.0.') for k in state) else 'maxpool'
+    layer1 = 'f.3' if stem == 'no_maxpool' else 'f.4'
+    arch = 'resnet50' if f'{layer1}.0.conv3.weight' in state else 'resnet18'
+    return arch, stem
+
+
+def _linear_sizes(state, prefix):
+    """Output sizes of the Linear layers of an MLP stored under `prefix` (weights `prefix.<i>.weight`, 2-D)."""
+    found = sorted((int(m.group(1)), v.shape[0]) for k, v in state.items()
+                   if (m := re.fullmatch(re.escape(prefix) + r'\.(\d+)\.weight', k)) and v.ndim == 2)
+    return [size for _, size in found]
+
+
+def _expected_small(state, arch, dataset):
+    """The state dict a small-data checkpoint should have: f.* of the backbone, and g.* of the
+    MLP its Linear weights describe (the reference head E-512-d, or a baseline's projector;
+    its final bias optional: baseline runs before 2026-11-25 had none)."""
+    expected = {f'f.{k}': v for k, v in small_backbone(arch, SPECS[dataset].maxpool).state_dict().items()}
+    sizes = _linear_sizes(state, 'g')
+    if sizes:
+        head = mlp([EMBEDDING_SIZE[arch]] + sizes, last_bias=f'g.{3 * (len(sizes) - 1)}.bias' in state)
+        expected.update({f'g.{k}': v for k, v in head.state_dict().items()})
+    return expected
+
+
+def _expected_imagenet_heads(state, emb):
+    """projector.* (official MLP: Linear-BN-ReLU blocks, final Linear without bias) and bn.* (the
+    official Barlow Twins' affine-free BatchNorm of the embeddings) of a full ImageNet checkpoint."""
+    expected = {}
+    sizes = _linear_sizes(state, 'projector')
+    if sizes:
+        expected.update({f'projector.{k}': v for k, v in mlp([emb] + sizes).state_dict().items()})
+    if any(k.startswith('bn.') for k in state):
+        dim = sizes[-1] if sizes else len(state.get('bn.running_mean', ()))  # with a projector: its output
+        expected.update({f'bn.{k}': v for k, v in nn.BatchNorm1d(dim, affine=False).state_dict().items()})
+    return expected
+
+
+def _check_all_keys(expected, state, path):
+    missing, unexpected, shapes = compare_state(expected, state)
+    if missing or unexpected or shapes:
+        raise CheckpointError(f'{path} does not match the model: ' + _format_problems(missing, unexpected, shapes))
+
+
+def dataset_of_checkpoint(path, choices):
+    """The pretraining data set that a checkpoint names, if one of `choices`: from its file name
+    (the reference's <id>_<lmbda>_<dim>_<batch>_<dataset>_model[_<epoch>].pth and
+    ..._imagenet_resnet50.pth), else from the args.json of the main.py run folder holding it;
+    None when neither says."""
+    name = os.path.basename(path)
+    found = re.search(r'_(' + '|'.join(sorted(map(re.escape, choices), key=len, reverse=True))
+                      + r')_(model(_\d+)?|resnet18|resnet50)\.pth$', name)
+    if found:
+        return found.group(1)
+    args_json = os.path.join(os.path.dirname(os.path.abspath(path)), 'args.json')
+    try:
+        with open(args_json) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if isinstance(saved, dict) and 'lmbda' in saved and saved.get('dataset') in choices:  # a main.py run folder
+        return saved['dataset']
+    return None
+
+
+def resolve_dataset_arg(args, choices, default='cifar10'):
+    """--dataset left out: the checkpoint's own data set (dataset_of_checkpoint), else `default`
+    (the original scripts' default), said aloud."""
+    if args.dataset is not None:
+        return args
+    inferred = dataset_of_checkpoint(args.model_path, choices)
+    args.dataset = inferred or default
+    if int(os.environ.get('RANK', '0')) == 0:
+        print(f'--dataset {args.dataset}: ' + ('named by the checkpoint' if inferred else
+                                              'the default (the checkpoint does not name its data set)'), flush=True)
+    return args
+
+
+def load_backbone(path, dataset, arch=None, state=None):
+    """The frozen-evaluation backbone of a checkpoint, loaded strictly, whatever its format.
+
+    Accepted: a small-data `Model` state dict (released `*_model.pth`, or our run state with
+    a 'model' entry) for the small data sets; a torchvision ResNet state dict (released
+    ImageNet backbone, official Barlow Twins `resnet50.pth`), with or without `fc.*`, or a
+    full ImageNet training checkpoint with `module.backbone.*` keys, for ImageNet-style
+    backbones. Every key and shape is checked, heads included (g.*; projector.*, bn.*):
+    anything else is an error that names it. `state` (already loaded) replaces reading
+    `path`, which then only names the source in messages. Returns (backbone, embedding size, arch).
+    """
+    state = _unwrap(read_checkpoint(path) if state is None else state)
+    if any(k.startswith('f.') for k in state):
+        if dataset not in IN_MEMORY:
+            raise CheckpointError(f'{path} holds a small-data backbone (keys f.*); it cannot be used for {dataset!r}')
+        found_arch, stem = infer_small_variant(state)
+        want_stem = 'maxpool' if SPECS[dataset].maxpool else 'no_maxpool'
+        if arch is not None and arch != found_arch:
+            raise CheckpointError(f'{path} holds a {found_arch} backbone but --arch {arch} was given')
+        if stem != want_stem:
+            fits = [n for n in IN_MEMORY if SPECS[n].maxpool == (stem == 'maxpool')]
+            raise CheckpointError(f'{path} holds a backbone for {"/".join(fits)} ({stem.replace("_", " ")}), '
+                                  f'not for --dataset {dataset}')
+        _check_all_keys(_expected_small(state, found_arch, dataset), state, path)
+        backbone = small_backbone(found_arch, SPECS[dataset].maxpool)
+        backbone.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith('f.')}, strict=True)
+        return backbone, EMBEDDING_SIZE[found_arch], found_arch
+    heads = {}
+    if any(k.startswith('backbone.') for k in state):  # a full ImageNet training checkpoint
+        heads = {k: v for k, v in state.items() if not k.startswith('backbone.')}
+        state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+    if 'conv1.weight' in state and state['conv1.weight'].shape[-1] == 7:
+        if dataset in IN_MEMORY:
+            raise CheckpointError(f'{path} holds an ImageNet ResNet (7x7 stem); evaluate it with --dataset imagenet, '
+                                  f'not {dataset!r}')
+        found_arch = 'resnet50' if 'layer1.0.conv3.weight' in state else 'resnet18'
+        if arch is not None and arch != found_arch:
+            raise CheckpointError(f'{path} holds a {found_arch} backbone but --arch {arch} was given')
+        _check_all_keys(_expected_imagenet_heads(heads, EMBEDDING_SIZE[found_arch]), heads, path)
+        backbone = resnet(found_arch)
+        backbone.fc = nn.Identity()
+        state = {k: v for k, v in state.items() if not k.startswith('fc.')}
+        load_strict(backbone, state, f'{path} (torchvision ResNet)')
+        return backbone, EMBEDDING_SIZE[found_arch], found_arch
+    expected = small_backbone(arch or 'resnet18', SPECS[dataset].maxpool if dataset in IN_MEMORY else False).state_dict()
+    missing, unexpected, shapes = compare_state({f'f.{k}': v for k, v in expected.items()}, state)
+    raise CheckpointError(f'{path} is neither a small-data Model (f.*/g.*) nor a torchvision ResNet state dict: '
+                          + _format_problems(missing, unexpected, shapes))

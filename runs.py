@@ -1,0 +1,142 @@
+"""Run folders, one rule for every entry point (main.py, linear.py, transfer.py, evaluate_imagenet.py).
+
+* Name: --resume (a folder or its state file), else <results_dir>/<fixed name> where the name is
+  fixed (--run_name; on SLURM slurm<job id>[_<run>]), else <results_dir>/<new random id>.
+* Auto-resume: a fixed-name folder that holds the state file is continued.
+* Identity: on resume, the settings in `free` may change silently, those in `schedule` may change
+  and are announced (the caller applies them), and every other setting must equal the saved one.
+* One run per folder: an exclusive lock (flock on <folder>/.lock, released by the kernel when
+  the process dies, so a killed run never blocks its successor); a second process is refused with
+  the holder's pid and host. Temporary files of killed writes are removed when the lock is taken.
+* A folder is created only when the run starts; one that a failed start created is removed.
+"""
+import fcntl
+import os
+import socket
+
+import distributed as D
+from checkpoints import CheckpointError, read_checkpoint, remove_stale_temporaries
+from errors import MixBTError
+from runlog import new_run_id
+from utils import changed_settings
+
+
+def fixed_name(args, suffix=None):
+    """--run_name, else on SLURM slurm<job id> (with `_suffix` for evaluation runs, so that several
+    evaluations in one job keep apart), else None."""
+    if getattr(args, 'run_name', None):
+        return args.run_name
+    if 'SLURM_JOB_ID' in os.environ:
+        return f'slurm{os.environ["SLURM_JOB_ID"]}' + (f'_{suffix}' if suffix else '')
+    return None
+
+
+def check_writable(results_dir):
+    """Refuse a --results_dir that is a file or that cannot be written, before any work."""
+    path = os.path.abspath(results_dir)
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise MixBTError(f'--results_dir {results_dir}: {probe} is a file, not a folder; choose another --results_dir')
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise MixBTError(f'--results_dir {results_dir}: {probe} is not writable; choose another --results_dir')
+
+
+def check_identity(saved_args, args, free, schedule, where):
+    """The schedule settings this command changes (to announce); MixBTError when it changes anything
+    else that the saved run recorded."""
+    keys = [k for k in vars(args) if k not in free and k not in schedule]
+    changed = changed_settings(saved_args, args, keys)
+    if changed:
+        raise CheckpointError(f'{where} holds another run: this command changes {", ".join(changed)}. Continue it '
+                              f'with its own settings (args.json in its folder) or give this run its own '
+                              f'folder (--run_name)')
+    return changed_settings(saved_args, args, schedule)
+
+
+class Lock:
+    """An exclusive lock on a run folder, held by this process until release() or its death."""
+
+    def __init__(self, folder):
+        self.path = os.path.join(folder, '.lock')
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 200, 0).decode(errors='replace').strip() or 'another process'
+            os.close(self.fd)
+            raise MixBTError(f'{folder} is in use by {holder}: one run per folder. Wait for it to finish, or '
+                             f'give this run another --run_name') from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f'pid {os.getpid()} on host {socket.gethostname()}'.encode(), 0)
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+
+class RunFolder:
+    """Where a run lives and whether it continues a saved state. Rank 0 decides, every rank agrees.
+
+    `state_name`: the file a run continues from (last.pth, checkpoint.pth); `is_state(obj)` says
+    whether a file's content is such a state, `what` names it in the error."""
+
+    def __init__(self, args, state_name, suffix=None, is_state=lambda s: isinstance(s, dict), what=None):
+        self.state_name, self.lock, self.created = state_name, None, False
+        self.what = what or f'a {state_name} written by this code'
+        name = fixed_name(args, suffix)
+        resume = getattr(args, 'resume', None)
+        if resume is None and name and os.path.isfile(os.path.join(args.results_dir, name, state_name)):
+            resume = os.path.join(args.results_dir, name)  # auto-resume
+        self.resume_path = None
+        if resume:
+            path = os.path.join(resume, state_name) if os.path.isdir(resume) else resume
+            if not os.path.isfile(path):
+                raise CheckpointError(f'--resume: no {state_name} at {path}')
+            self.resume_path = path
+            self.path = os.path.dirname(os.path.abspath(path))
+            self.run_id = None  # the saved state's
+        else:
+            self.run_id = D.broadcast_object(new_run_id())  # the wandb id: unique even where the name is fixed
+            self.path = os.path.join(args.results_dir, name or self.run_id)
+        self.is_state = is_state
+
+    def read_state(self):
+        """The saved state (None for a new run); its run id becomes this run's."""
+        if self.resume_path is None:
+            return None
+        saved = read_checkpoint(self.resume_path)
+        if not self.is_state(saved):
+            raise CheckpointError(f'--resume: {self.resume_path} is not {self.what}')
+        self.run_id = saved.get('run_id') or self.run_id or os.path.basename(self.path)
+        return saved
+
+    def acquire(self):
+        """Create the folder (if new) and take its lock (rank 0; the error reaches every rank)."""
+        error = None
+        if D.is_main():
+            try:
+                if not os.path.isdir(self.path):
+                    os.makedirs(self.path)
+                    self.created = True
+                self.lock = Lock(self.path)
+                removed = remove_stale_temporaries(self.path)
+                if removed:
+                    print(f'Removed {removed} temporary file(s) of interrupted writes in {self.path}')
+            except (MixBTError, OSError) as e:
+                error = str(e) if isinstance(e, MixBTError) else f'cannot create the run folder {self.path}: {e}'
+        error = D.broadcast_object(error)
+        if error:
+            raise MixBTError(error)
+        return self
+
+    def release(self, failed=False):
+        """Drop the lock; a folder this run created and left empty (a failed start) is removed."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+            if failed and self.created and set(os.listdir(self.path)) <= {'.lock'}:
+                import shutil
+                shutil.rmtree(self.path, ignore_errors=True)
