@@ -245,3 +245,16 @@ def write_aircraft(root, variants=('A300B4', 'F/A-18', '707-320', 'Cessna 172'),
         with open(os.path.join(base, f'images_variant_{split}.txt'), 'w') as f:
             f.write(''.join(f'{i} {variants[c]}\n' for i, c, _ in items))
     return {'trainval': out['trainval'], 'test': out['test']}
+
+
+# ---------------------------------------------------------------- damaged files
+def truncate(path, drop):
+    """Cut the last `drop` bytes off a file, as an interrupted download or copy leaves it."""
+    with open(path, 'r+b') as f:
+        f.truncate(os.path.getsize(path) - drop)
+
+
+def write_junk_image(path):
+    """A web server's error page saved under an image's name, as a failed download leaves one."""
+    with open(path, 'wb') as f:
+        f.write(b'<html><body><h1>503 Service Unavailable</h1></body></html>\n')

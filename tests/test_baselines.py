@@ -19,7 +19,10 @@ import fakedata
 import losses
 import main
 import methods
+import checkpoints as C
 import model as M
+from conftest import build_method
+from errors import MixBTError
 
 
 def randn(*shape, seed=0, grad=True):
@@ -259,7 +262,7 @@ class TinyModel(nn.Module):
 
     def __init__(self, emb=6):
         super().__init__()
-        self.f = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.f = nn.Sequential(nn.Conv2d(3, 4, 3), M.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
         self.g = M.mlp([4, 8, emb])
 
     def features(self, x):
@@ -295,13 +298,8 @@ def test_byol_target_gets_no_gradients_and_follows_the_ema_formula():
         assert torch.equal(t, old * tau + s * (1 - tau))
 
 
-FUSE_CASES = {
-    'simclr': lambda m, fuse: methods.SimCLR(m, 6, fuse_views=fuse),
-    'byol': lambda m, fuse: methods.BYOL(m, 6, 8, fuse_views=fuse),
-    'intl': lambda m, fuse: methods.INTL(m, fuse_views=fuse),
-    'wmse': lambda m, fuse: methods.WMSE(m, w_size=3, w_iter=2, w_eps=0.1, fuse_views=fuse),
-    'cwrgp': lambda m, fuse: methods.CWRGP(m, w_size=3, w_iter=2, w_eps=0.1, group=2, fuse_views=fuse),
-}
+FUSE_CASES = {name: (lambda m, fuse, name=name: build_method(name, m, fuse))
+              for name, cls in methods.METHODS.items() if issubclass(cls, methods.Baseline)}
 
 
 @pytest.mark.parametrize('name', sorted(FUSE_CASES))
@@ -345,13 +343,13 @@ def test_method_rng_is_part_of_the_saved_state():
 
 
 def test_w_size_must_divide_the_batch():
-    with pytest.raises(ValueError, match='--w_size 4 must divide'):
+    with pytest.raises(MixBTError, match='--w_size 4 must divide'):
         methods.WMSE(TinyModel(), w_size=4)(images(n=6))
 
 
 def test_w_mse_refuses_sub_batches_with_a_singular_covariance():
     """w_size <= emb with w_eps 0: the Cholesky factorisation cannot succeed; said at once."""
-    with pytest.raises(ValueError, match='--w_size 6 must exceed the embedding size 6'):
+    with pytest.raises(MixBTError, match='--w_size 6 must exceed the embedding size 6'):
         methods.WMSE(TinyModel(emb=6), w_size=6)(images(n=6))
     methods.WMSE(TinyModel(emb=6), w_size=6, w_eps=0.1)(images(n=6))  # shrinkage makes it definite
 
@@ -369,7 +367,7 @@ def resolved(argv, expected):
     (['--method', 'wmse', '--lr', '1e-3', '--num_samples', '4', '--emb', '32', '--w_eps', '0'],
      dict(lr=1e-3, num_views=4, projector='1024-32', w_size=128, w_eps=0.0)),
     (['--method', 'intl', '--dataset', 'cifar100'],
-     dict(optimizer='sgd', lr=0.3, weight_decay=1e-4, lr_shed='cosine', warmup_epochs=2, projector='2048-2048-2048')),
+     dict(optimizer='sgd', lr=0.3, weight_decay=1e-4, lr_shed='cosine_exact', warmup_epochs=2, projector='2048-2048-2048')),
     (['--method', 'cwrgp', '--dataset', 'tiny_imagenet'],
      dict(projector='2048-1024', w_size=128, group=2, w_eps=0.0, optimizer='adam', lr=2e-3)),
     (['--method', 'simclr', '--projector', '512-32', '--weight_decay', '0'],
@@ -383,7 +381,7 @@ def test_recipes_fill_only_unset_flags(argv, expected):
 
 
 def test_barlow_twins_family_refuses_more_views():
-    with pytest.raises(ValueError, match='uses two views'):
+    with pytest.raises(MixBTError, match='uses two views'):
         main.get_args(['--method', 'mixbt', '--num_views', '4'])
 
 
@@ -499,9 +497,9 @@ def test_method_trains_saves_a_loadable_backbone_and_resumes(name, cifar_root, t
     best = [os.path.join(run, f) for f in os.listdir(run) if f.endswith('_model.pth')]  # written if kNN top-1 > 0
     for saved in [torch.load(f) for f in best] + [state['model']]:
         f_state = {k[2:]: v for k, v in saved.items() if k.startswith('f.')}
-        M.Model(8, 'cifar10', 'resnet18').f.load_state_dict(f_state, strict=True)
+        M.Model(8, 'resnet18', False).f.load_state_dict(f_state, strict=True)
     for path in best + [os.path.join(run, 'last.pth')]:
-        M.load_backbone(path, 'cifar10', 'resnet18')
+        C.load_backbone(path, 'cifar10', 'resnet18')
 
     seen = {}
     real_epoch = main.train_one_epoch

@@ -22,10 +22,14 @@ CASES = {
 }
 
 
+def test_every_registered_baseline_has_a_two_process_case():
+    assert set(CASES) == {n for n, cls in methods.METHODS.items() if issubclass(cls, methods.Baseline)}
+
+
 def build(name):
     torch.manual_seed(0)
     projector, make = CASES[name]
-    return make(M.Model(dataset='cifar10', arch='resnet18', projector=projector)).double()
+    return make(M.Model(arch='resnet18', projector=projector, maxpool=False)).double()
 
 
 def views():

@@ -10,6 +10,7 @@ from PIL import Image
 import augment
 import data
 import fakedata
+from errors import MixBTError
 
 
 @pytest.mark.parametrize('name', ['cifar10', 'cifar100'])
@@ -32,7 +33,7 @@ def test_stl10_reads_official_binaries_and_eval_geometry(tmp_path):
     both = data.load('stl10', str(tmp_path), 'train+unlabeled')
     assert len(both) == 50 and (both.labels[20:] == -1).all()
     test = data.load('stl10', str(tmp_path), 'test')
-    evald = data.eval_images('stl10', test)
+    evald = augment.eval_images('stl10', test)
     assert evald.shape == (10, 64, 64, 3)
     pil = augment.eval_geometry('stl10')(Image.fromarray(test.images[3]))
     np.testing.assert_array_equal(evald[3], np.asarray(pil))
@@ -101,7 +102,7 @@ def test_missing_imagenet_names_path(tmp_path):
 
 
 def test_unknown_data_set_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match='unknown data set'):
+    with pytest.raises(MixBTError, match='unknown data set'):
         data.load('mnist10', str(tmp_path), 'train')
 
 

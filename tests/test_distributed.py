@@ -1,5 +1,5 @@
 """Two real processes (gloo, CPU) against one process on the full batch: loss values and
-every parameter gradient must be equal (REFERENCE.md section 1), for the losses alone, for
+every parameter gradient must be equal (docs/protocol.md section 1), for the losses alone, for
 the whole Mix-BT method under DDP with global BatchNorm, and for the kNN feature gather."""
 import os
 import socket
@@ -126,7 +126,7 @@ def build_method(fuse=True):
     import model as M
     from methods import BarlowTwins
     torch.manual_seed(0)
-    net = M.Model(feature_dim=16, dataset='cifar10', arch='resnet18').double()
+    net = M.Model(feature_dim=16, arch='resnet18', maxpool=False).double()
     return BarlowTwins(net, lmbda=0.0078125, is_mixup=True, mixup_loss_scale=4.0, seed=0, fuse_views=fuse)
 
 
@@ -199,4 +199,4 @@ def test_torchrun_two_processes_trains_and_writes_one_checkpoint(tmp_path, repo_
     state = torch.load(tmp_path / 'res' / run / 'last.pth')
     assert state['epoch'] == 1 and state['args']['batch_size'] == 8
     import model as M
-    M.Model(16, 'cifar10', 'resnet18').load_state_dict(state['model'], strict=True)
+    M.Model(16, 'resnet18', False).load_state_dict(state['model'], strict=True)

@@ -11,6 +11,9 @@ import torchvision
 
 import fakedata
 import linear
+import checkpoints as C
+from errors import MixBTError
+import data
 import model as M
 
 
@@ -18,7 +21,7 @@ def released_checkpoint(tmp_path, dataset='cifar10', arch='resnet18', feature_di
     """A file exactly like the paper's release: the raw Model.state_dict() saved with torch.save,
     with BatchNorm statistics that are not the defaults (so that a lost load would show)."""
     torch.manual_seed(seed)
-    m = M.Model(feature_dim, dataset, arch)
+    m = M.Model(feature_dim, arch, data.SPECS[dataset].maxpool)
     with torch.no_grad():
         for mod in m.modules():
             if isinstance(mod, torch.nn.BatchNorm2d):
@@ -32,7 +35,7 @@ def released_checkpoint(tmp_path, dataset='cifar10', arch='resnet18', feature_di
 def capture_backbones(monkeypatch, module):
     """Wrap module.load_backbone to keep each loaded backbone and a copy of its state at load time."""
     seen = []
-    real = M.load_backbone
+    real = C.load_backbone
 
     def wrapped(*a, **k):
         out = real(*a, **k)
@@ -99,7 +102,7 @@ def test_linear_resume_after_kill_continues_identically(tmp_path, monkeypatch, h
     for k in a['fc']:
         assert torch.equal(a['fc'][k], b['fc'][k]), k
     if how == '--run_name':  # the folder now holds a finished cifar10 probe: another evaluation is refused
-        with pytest.raises(M.CheckpointError, match='another evaluation.*--seed'):
+        with pytest.raises(C.CheckpointError, match='another evaluation.*--seed'):
             linear.main(common + named + ['--results_dir', str(tmp_path / 'b'), '--seed', '1'])
 
 
@@ -167,13 +170,13 @@ def test_wrong_checkpoints_give_clear_errors(tmp_path, repo_root):
     fakedata.write_cifar(str(tmp_path / 'data'), 'cifar10', n_train=10, n_test=5)
     path, _ = released_checkpoint(tmp_path)
     base = ['--data_root', str(tmp_path / 'data'), '--epochs', '1', '--workers', '0']
-    with pytest.raises(M.CheckpointError, match='resnet18 backbone but --arch resnet50'):
+    with pytest.raises(C.CheckpointError, match='resnet18 backbone but --arch resnet50'):
         linear.main(['--dataset', 'cifar10', '--arch', 'resnet50', '--model_path', path, *base])
-    with pytest.raises(M.CheckpointError, match='not for --dataset stl10'):
+    with pytest.raises(C.CheckpointError, match='not for --dataset stl10'):
         linear.main(['--dataset', 'stl10', '--model_path', path, *base])
     junk = tmp_path / 'random.pth'
     junk.write_bytes(os.urandom(2048))
-    with pytest.raises(M.CheckpointError, match='not a readable PyTorch checkpoint'):
+    with pytest.raises(C.CheckpointError, match='not a readable PyTorch checkpoint'):
         linear.main(['--dataset', 'cifar10', '--model_path', str(junk), *base])
     other = tmp_path / 'other.pth'
     torch.save({'encoder.conv.weight': torch.zeros(3)}, other)
@@ -193,14 +196,32 @@ def test_hubconf_loads_local_weights_strictly(tmp_path, repo_root):
     tv = torchvision.models.resnet50()
     tv_path = tmp_path / 'resnet50.pth'
     torch.save({k: v for k, v in tv.state_dict().items() if not k.startswith('fc.')}, tv_path)
-    net = torch.hub.load(repo_root, 'resnet50', source='local', dataset='imagenet', weights=str(tv_path))
+    net = torch.hub.load(repo_root, 'mixbt_resnet50', source='local', dataset='imagenet', weights=str(tv_path))
     assert torch.equal(net.backbone.layer3[1].conv2.weight, tv.layer3[1].conv2.weight)
-    with pytest.raises(M.CheckpointError):
+    with pytest.raises(C.CheckpointError):
         torch.hub.load(repo_root, 'resnet18', source='local', dataset='cifar10', weights=path)  # stl10 file
     import hubconf
     assert hubconf.released_url('resnet18', 'cifar10').endswith('4wdhbpcf_0.0078125_1024_256_cifar10_model.pth')
-    with pytest.raises(ValueError, match='no released'):
+    with pytest.raises(MixBTError, match='no released'):
         hubconf.released_url('resnet18', 'imagenet', 'bt')
+
+
+def test_hub_resnet50_without_arguments_is_the_originals_torchvision_model_with_official_weights(monkeypatch):
+    """As the original hubconf: torchvision's ResNet-50, fc included, holding the official Barlow Twins
+    weights (the release has no fc); every other key must be in the file."""
+    import hubconf
+    official = torchvision.models.resnet50()
+    state = {k: v for k, v in official.state_dict().items() if not k.startswith('fc.')}
+    asked = []
+    monkeypatch.setattr(hubconf, '_load_state', lambda source: asked.append(source) or state)
+    net = hubconf.resnet50()
+    assert asked == [hubconf.OFFICIAL_BT_URL]
+    assert type(net) is torchvision.models.ResNet and net.fc.out_features == 1000
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
+    monkeypatch.setattr(hubconf, '_load_state', lambda source: {**state, 'extra.w': torch.zeros(1)})
+    with pytest.raises(C.CheckpointError, match='extra.w'):
+        hubconf.resnet50()
+    assert hubconf.resnet50(pretrained=False).fc.out_features == 1000
 
 
 def test_detectron2_converter_key_mapping(tmp_path, repo_root):

@@ -15,6 +15,7 @@ import fakedata
 import main as pretrain
 import main_imagenet
 import evaluate_imagenet
+import checkpoints as C
 import model as M
 
 CLASSES = ('n01440764', 'n01443537', 'n01484850')
@@ -94,7 +95,7 @@ def test_official_evaluate_command_lines_run_unchanged():
 
 def test_mixup_weight_warm_up_is_linear_over_epochs():
     from methods import BarlowTwins, Progress
-    method = BarlowTwins(M.Model(8, 'cifar10', 'resnet18'), 0.005, mixup_loss_scale=0.5, mixup_warmup_epochs=10)
+    method = BarlowTwins(M.Model(8, 'resnet18', False), 0.005, mixup_loss_scale=0.5, mixup_warmup_epochs=10)
     assert method.mixup_scale(Progress(0, 300, 0, 100)) == 0
     assert method.mixup_scale(Progress(2, 300, 250, 100)) == pytest.approx(0.5 * 2.5 / 10)
     assert method.mixup_scale(Progress(12, 300, 1200, 100)) == 0.5
@@ -152,7 +153,7 @@ def test_imagenet_linear_keeps_backbone_frozen(tmp_path, imagenet, monkeypatch):
     import linear
     path, tv = torchvision_backbone_file(tmp_path)
     seen = []
-    real = M.load_backbone
+    real = C.load_backbone
     monkeypatch.setattr(linear, 'load_backbone', lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
     result = linear.main(['--dataset', 'imagenet', '--data_root', str(imagenet), '--model_path', path, '--epochs', '1',
                           '--batch-size', '4', '--image_size', '64', '--workers', '0', '--results_dir', str(tmp_path / 'r')])
@@ -206,7 +207,7 @@ def test_evaluation_restarted_with_the_same_checkpoint_dir_continues_exactly(tmp
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), (part, k)
     # the folder holds this fine-tuning run: a linear evaluation there is refused, not mixed in
-    with pytest.raises(M.CheckpointError, match='another evaluation'):
+    with pytest.raises(C.CheckpointError, match='another evaluation'):
         linear.main(evaluate_imagenet.translate([str(imagenet), path, '--image_size', '64', '--workers', '0',
                                                  '--checkpoint-dir', str(tmp_path / 'restarted')]))
 

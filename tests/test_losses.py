@@ -1,5 +1,5 @@
 """Each loss against an independent, naive restatement of its formula (float64 loops/einsum),
-for the value and for the gradients (REFERENCE.md section 1)."""
+for the value and for the gradients (docs/protocol.md section 1)."""
 import itertools
 
 import pytest

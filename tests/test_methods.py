@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 import losses
 import methods
-from test_baselines import FUSE_CASES, TinyModel, images
+from conftest import build_method
+from test_baselines import TinyModel, images
 
 
 class TinyEmbedder(TinyModel):
@@ -48,8 +49,7 @@ def test_barlow_twins_family_loss_is_float32_outside_autocast(kind):
 
 LOSS_FUNCTIONS = ('standardize', 'cross_correlation', 'barlow_twins_loss', 'mixup_regulariser', 'nt_xent',
                   'byol_loss', 'wmse_loss', 'cwrgp_loss', 'intl_loss')
-ALL_METHODS = {'mixbt': lambda m: methods.BarlowTwins(m, lmbda=0.01), **{
-    name: (lambda m, build=build: build(m, True)) for name, build in FUSE_CASES.items()}}
+ALL_METHODS = {name: (lambda m, name=name: build_method(name, m)) for name in methods.METHODS}
 
 
 @pytest.mark.parametrize('name', sorted(ALL_METHODS))
@@ -84,7 +84,7 @@ def test_a_step_sends_the_original_permutation_stream_in_one_copy(name, monkeypa
         return real_loss(views, perms, *rest, **kwargs)
     monkeypatch.setattr(losses, f'{name}_loss', spy)
     torch.manual_seed(0)
-    method = FUSE_CASES[name](TinyModel(), True)  # w_iter 2, w_size 3: 2 sub-batches of 6 samples, emb 6
+    method = build_method(name, TinyModel())  # w_iter 2, w_size 3: 2 sub-batches of 6 samples, emb 6
     method(images(n=6))
     assert len(copies) == 1
 

@@ -1,14 +1,16 @@
-"""Model layouts equal REFERENCE.md section 2, so `*_model.pth` files move both ways between
+"""Model layouts equal docs/protocol.md section 2, so `*_model.pth` files move both ways between
 this code and the released checkpoints; checkpoint loading is strict with clear errors."""
 import pytest
 import torch
 import torchvision
 
+import checkpoints as C
+import data
 import model as M
 
 
 def expected_small_layout(arch, maxpool, feature_dim):
-    """REFERENCE.md 2, restated: torchvision children in order, conv1 -> 3x3, fc dropped,
+    """docs/protocol.md section 2, restated: torchvision children in order, conv1 -> 3x3, fc dropped,
     max-pool dropped at 32px (so f.0 conv1, f.1 bn1, f.2 relu, then layer1.. shifted by one
     with max-pool), then the projector g = Linear(E,512,no bias), BN(512), ReLU, Linear(512,d)."""
     tv = getattr(torchvision.models, arch)().state_dict()
@@ -32,13 +34,13 @@ def expected_small_layout(arch, maxpool, feature_dim):
 @pytest.mark.parametrize('dataset,maxpool', [('cifar10', False), ('cifar100', False), ('fashionmnist', False),
                                              ('stl10', True), ('tiny_imagenet', True)])
 def test_state_dict_layout_matches_reference(arch, dataset, maxpool):
-    m = M.Model(feature_dim=1024, dataset=dataset, arch=arch)
+    m = M.Model(feature_dim=1024, arch=arch, maxpool=data.SPECS[dataset].maxpool)
     got = {k: tuple(v.shape) for k, v in m.state_dict().items()}
     assert got == expected_small_layout(arch, maxpool, 1024)
 
 
 def test_forward_returns_normalised_feature_and_projection():
-    m = M.Model(feature_dim=64, dataset='cifar10', arch='resnet18').eval()
+    m = M.Model(feature_dim=64, arch='resnet18', maxpool=False).eval()
     feature, out = m(torch.randn(3, 3, 32, 32))
     assert feature.shape == (3, 512) and out.shape == (3, 64)
     torch.testing.assert_close(feature.norm(dim=1), torch.ones(3))
@@ -61,8 +63,8 @@ def test_imagenet_model_matches_official_layout():
 
 def test_view_split_batchnorm_keeps_keys_and_equals_separate_passes():
     torch.manual_seed(0)
-    ref = M.Model(feature_dim=16, dataset='cifar10', arch='resnet18').double()
-    fused = M.Model(feature_dim=16, dataset='cifar10', arch='resnet18').double()
+    ref = M.Model(feature_dim=16, arch='resnet18', maxpool=False).double()
+    fused = M.Model(feature_dim=16, arch='resnet18', maxpool=False).double()
     fused.load_state_dict(ref.state_dict())
     M.set_bn_views(fused, 3)
     assert list(fused.state_dict()) == list(ref.state_dict())
@@ -88,9 +90,9 @@ def save(obj, tmp_path, name='ckpt.pth'):
 
 @pytest.mark.parametrize('dataset,arch', [('cifar10', 'resnet18'), ('stl10', 'resnet18'), ('cifar100', 'resnet50')])
 def test_load_backbone_reads_released_layout_and_infers_variant(tmp_path, dataset, arch):
-    m = M.Model(feature_dim=32, dataset=dataset, arch=arch)
+    m = M.Model(feature_dim=32, arch=arch, maxpool=data.SPECS[dataset].maxpool)
     path = save(m.state_dict(), tmp_path)
-    backbone, emb, found = M.load_backbone(path, dataset)
+    backbone, emb, found = C.load_backbone(path, dataset)
     assert found == arch and emb == M.EMBEDDING_SIZE[arch]
     for (k, v), (k2, v2) in zip(m.f.state_dict().items(), backbone.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
@@ -101,76 +103,76 @@ def test_released_checkpoint_profiled_in_place_by_thop_loads(tmp_path, arch):
     """The reference ran thop.profile on its model before training and saved model.state_dict():
     thop's total_ops/total_params counters stay on every module it has no rule for."""
     thop = pytest.importorskip('thop')
-    m = M.Model(feature_dim=16, dataset='stl10', arch=arch)
+    m = M.Model(feature_dim=16, arch=arch, maxpool=True)
     thop.profile(m, inputs=(torch.randn(1, 3, 64, 64),), verbose=False)
     state = m.state_dict()
     assert 'total_ops' in state and 'f.4.0.total_params' in state      # what the released files hold
-    backbone, _, found = M.load_backbone(save(state, tmp_path), 'stl10')
+    backbone, _, found = C.load_backbone(save(state, tmp_path), 'stl10')
     assert found == arch
     for k, v in backbone.state_dict().items():
         assert torch.equal(v, state[f'f.{k}'])
 
 
 def test_every_key_of_a_small_checkpoint_is_checked(tmp_path):
-    state = M.Model(feature_dim=8, dataset='cifar10', arch='resnet18').state_dict()
-    with pytest.raises(M.CheckpointError, match=r'unexpected keys: junk\.weight'):
-        M.load_backbone(save({**state, 'junk.weight': torch.zeros(3)}, tmp_path), 'cifar10')
+    state = M.Model(feature_dim=8, arch='resnet18', maxpool=False).state_dict()
+    with pytest.raises(C.CheckpointError, match=r'unexpected keys: junk\.weight'):
+        C.load_backbone(save({**state, 'junk.weight': torch.zeros(3)}, tmp_path), 'cifar10')
     bad_head = {**state, 'g.0.weight': torch.zeros(512, 99)}
-    with pytest.raises(M.CheckpointError, match=r'g\.0\.weight: checkpoint \(512, 99\) vs model \(512, 512\)'):
-        M.load_backbone(save(bad_head, tmp_path), 'cifar10')
+    with pytest.raises(C.CheckpointError, match=r'g\.0\.weight: checkpoint \(512, 99\) vs model \(512, 512\)'):
+        C.load_backbone(save(bad_head, tmp_path), 'cifar10')
     no_bn = {k: v for k, v in state.items() if not k.startswith('g.1.')}
-    with pytest.raises(M.CheckpointError, match=r'missing keys: g\.1\.bias'):
-        M.load_backbone(save(no_bn, tmp_path), 'cifar10')
+    with pytest.raises(C.CheckpointError, match=r'missing keys: g\.1\.bias'):
+        C.load_backbone(save(no_bn, tmp_path), 'cifar10')
     # a baseline's MLP projector (e.g. INTL 2048-2048-2048 here 64-64-32) and a backbone-only file load
-    mlp_head = M.Model(dataset='cifar10', arch='resnet18', projector='64-64-32').state_dict()
-    M.load_backbone(save(mlp_head, tmp_path), 'cifar10')
-    M.load_backbone(save({k: v for k, v in state.items() if k.startswith('f.')}, tmp_path), 'cifar10')
+    mlp_head = M.Model(arch='resnet18', projector='64-64-32', maxpool=False).state_dict()
+    C.load_backbone(save(mlp_head, tmp_path), 'cifar10')
+    C.load_backbone(save({k: v for k, v in state.items() if k.startswith('f.')}, tmp_path), 'cifar10')
 
 
 def test_full_imagenet_checkpoint_heads_are_checked(tmp_path):
     model = M.ImageNetModel(projector='64-64-32')
     official = {f'module.{k}': v for k, v in model.state_dict().items()}
     official.update({f'module.bn.{k}': v for k, v in torch.nn.BatchNorm1d(32, affine=False).state_dict().items()})
-    backbone, emb, _ = M.load_backbone(save({'epoch': 1, 'model': official}, tmp_path), 'imagenet')
+    backbone, emb, _ = C.load_backbone(save({'epoch': 1, 'model': official}, tmp_path), 'imagenet')
     assert emb == 2048 and torch.equal(backbone.state_dict()['conv1.weight'], model.backbone.conv1.weight)
-    with pytest.raises(M.CheckpointError, match=r'unexpected keys: module_extra\.w'):
-        M.load_backbone(save({'model': {**official, 'module.module_extra.w': torch.zeros(1)}}, tmp_path), 'imagenet')
+    with pytest.raises(C.CheckpointError, match=r'unexpected keys: module_extra\.w'):
+        C.load_backbone(save({'model': {**official, 'module.module_extra.w': torch.zeros(1)}}, tmp_path), 'imagenet')
     broken = {k: v for k, v in official.items() if k != 'module.projector.3.weight'}
-    with pytest.raises(M.CheckpointError, match=r'projector'):
-        M.load_backbone(save({'model': broken}, tmp_path), 'imagenet')
+    with pytest.raises(C.CheckpointError, match=r'projector'):
+        C.load_backbone(save({'model': broken}, tmp_path), 'imagenet')
 
 
 def test_load_backbone_accepts_training_state_and_torchvision_formats(tmp_path):
-    m = M.Model(feature_dim=32, dataset='cifar10', arch='resnet18')
-    backbone, _, _ = M.load_backbone(save({'epoch': 3, 'model': m.state_dict()}, tmp_path), 'cifar10')
+    m = M.Model(feature_dim=32, arch='resnet18', maxpool=False)
+    backbone, _, _ = C.load_backbone(save({'epoch': 3, 'model': m.state_dict()}, tmp_path), 'cifar10')
     assert torch.equal(backbone.state_dict()['0.weight'], m.f[0].weight)
     tv = torchvision.models.resnet50()
     plain = {k: v for k, v in tv.state_dict().items() if not k.startswith('fc.')}
     for obj in (plain, tv.state_dict(), {'model': {f'module.backbone.{k}': v for k, v in plain.items()}}):
-        backbone, emb, arch = M.load_backbone(save(obj, tmp_path), 'imagenet')
+        backbone, emb, arch = C.load_backbone(save(obj, tmp_path), 'imagenet')
         assert arch == 'resnet50' and emb == 2048
         assert torch.equal(backbone.state_dict()['layer4.2.bn3.running_var'], plain['layer4.2.bn3.running_var'])
 
 
 def test_load_backbone_errors_name_the_problem(tmp_path):
-    cifar18 = M.Model(feature_dim=8, dataset='cifar10', arch='resnet18').state_dict()
-    with pytest.raises(M.CheckpointError, match='resnet18 backbone but --arch resnet50'):
-        M.load_backbone(save(cifar18, tmp_path), 'cifar10', 'resnet50')
-    with pytest.raises(M.CheckpointError, match='not for --dataset stl10'):
-        M.load_backbone(save(cifar18, tmp_path), 'stl10')
+    cifar18 = M.Model(feature_dim=8, arch='resnet18', maxpool=False).state_dict()
+    with pytest.raises(C.CheckpointError, match='resnet18 backbone but --arch resnet50'):
+        C.load_backbone(save(cifar18, tmp_path), 'cifar10', 'resnet50')
+    with pytest.raises(C.CheckpointError, match='not for --dataset stl10'):
+        C.load_backbone(save(cifar18, tmp_path), 'stl10')
     broken = dict(cifar18)
     del broken['f.4.1.bn2.weight']
     broken['f.9.extra'] = torch.zeros(1)
-    with pytest.raises(M.CheckpointError, match=r'missing keys: f\.4\.1\.bn2\.weight.*unexpected keys: f\.9\.extra'):
-        M.load_backbone(save(broken, tmp_path), 'cifar10')
-    with pytest.raises(M.CheckpointError, match='neither a small-data Model'):
-        M.load_backbone(save({'encoder.weight': torch.zeros(2)}, tmp_path), 'cifar10')
+    with pytest.raises(C.CheckpointError, match=r'missing keys: f\.4\.1\.bn2\.weight.*unexpected keys: f\.9\.extra'):
+        C.load_backbone(save(broken, tmp_path), 'cifar10')
+    with pytest.raises(C.CheckpointError, match='neither a small-data Model'):
+        C.load_backbone(save({'encoder.weight': torch.zeros(2)}, tmp_path), 'cifar10')
     junk = tmp_path / 'junk.pth'
     junk.write_bytes(b'not a checkpoint at all')
-    with pytest.raises(M.CheckpointError, match='not a readable PyTorch checkpoint'):
-        M.load_backbone(str(junk), 'cifar10')
-    with pytest.raises(M.CheckpointError, match='not found'):
-        M.load_backbone(str(tmp_path / 'absent.pth'), 'cifar10')
+    with pytest.raises(C.CheckpointError, match='not a readable PyTorch checkpoint'):
+        C.load_backbone(str(junk), 'cifar10')
+    with pytest.raises(C.CheckpointError, match='not found'):
+        C.load_backbone(str(tmp_path / 'absent.pth'), 'cifar10')
 
 
 class _Pickled:
@@ -178,19 +180,19 @@ class _Pickled:
 
 
 def test_checkpoints_are_read_weights_only(tmp_path, monkeypatch):
-    cifar18 = M.Model(128, 'cifar10', 'resnet18').state_dict()
+    cifar18 = M.Model(128, 'resnet18', False).state_dict()
     unsafe = tmp_path / 'unsafe.pth'
     torch.save({'model': cifar18, 'args': _Pickled()}, unsafe)
-    monkeypatch.delenv(M.TRUST_ENV, raising=False)
-    with pytest.raises(M.CheckpointError, match=rf'pickles test_model\._Pickled.*{M.TRUST_ENV}=1'):
-        M.load_backbone(str(unsafe), 'cifar10')
-    monkeypatch.setenv(M.TRUST_ENV, '1')  # the user vouches for the file
-    assert M.load_backbone(str(unsafe), 'cifar10') is not None
+    monkeypatch.delenv(C.TRUST_ENV, raising=False)
+    with pytest.raises(C.CheckpointError, match=rf'pickles test_model\._Pickled.*{C.TRUST_ENV}=1'):
+        C.load_backbone(str(unsafe), 'cifar10')
+    monkeypatch.setenv(C.TRUST_ENV, '1')  # the user vouches for the file
+    assert C.load_backbone(str(unsafe), 'cifar10') is not None
 
 
 def test_hub_url_weights_are_downloaded_once_and_read_weights_only(tmp_path, monkeypatch):
     import hubconf
-    state = M.Model(128, 'cifar10', 'resnet18').state_dict()
+    state = M.Model(128, 'resnet18', False).state_dict()
     calls = []
 
     def fake_download(url, dst):
@@ -205,7 +207,7 @@ def test_hub_url_weights_are_downloaded_once_and_read_weights_only(tmp_path, mon
         assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
     assert calls == [url] and (tmp_path / 'hub' / 'checkpoints' / 'abc_model.pth').is_file()
 
-    monkeypatch.delenv(M.TRUST_ENV, raising=False)
+    monkeypatch.delenv(C.TRUST_ENV, raising=False)
     torch.save({'model': state, 'extra': _Pickled()}, tmp_path / 'hub' / 'checkpoints' / 'abc_model.pth')
-    with pytest.raises(M.CheckpointError, match='pickles'):
+    with pytest.raises(C.CheckpointError, match='pickles'):
         hubconf._load_state(url)

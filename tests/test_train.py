@@ -12,6 +12,7 @@ import torch
 import data
 import fakedata
 import main
+import checkpoints as C
 import model as M
 
 FAST = ['--arch', 'resnet18', '--feature_dim', '32', '--batch_size', '8', '--workers', '0', '--lr', '0.01',
@@ -58,7 +59,7 @@ def test_main_end_to_end_on_fashion_mnist_writes_run_folder(tmp_path, fashion_ro
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
     # The best-kNN file is a raw state dict in the released layout: the reference Model loads it strictly.
     state = torch.load(os.path.join(run, f'{prefix}_model.pth'), map_location='cpu')
-    M.Model(32, 'fashionmnist', 'resnet18').load_state_dict(state, strict=True)
+    M.Model(32, 'resnet18', False).load_state_dict(state, strict=True)
     assert not any('total_ops' in k or 'total_params' in k for k in state)
 
 
@@ -111,7 +112,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, fashion_root, m
     state = torch.load(os.path.join(run, 'last.pth'))
     assert state['epoch'] == 1 and all(torch.isfinite(v).all() for v in state['model'].values() if v.is_floating_point())
     (best,) = [f for f in os.listdir(run) if f.endswith('_model.pth')]
-    M.Model(32, 'fashionmnist', 'resnet18').load_state_dict(torch.load(os.path.join(run, best)), strict=True)
+    M.Model(32, 'resnet18', False).load_state_dict(torch.load(os.path.join(run, best)), strict=True)
 
 
 def run_cli(args, repo_root):
@@ -137,10 +138,10 @@ def test_corrupt_resume_checkpoint_is_a_clear_error(tmp_path, repo_root):
     proc = run_cli(['--dataset', 'fashionmnist', '--resume', str(tmp_path)], repo_root)
     assert proc.returncode == 1 and 'not a readable PyTorch checkpoint' in proc.stderr and str(bad) in proc.stderr
     assert 'Traceback' not in proc.stderr
-    with pytest.raises(M.CheckpointError, match='no training state'):
+    with pytest.raises(C.CheckpointError, match='--resume: no last.pth at'):
         main.main(['--dataset', 'fashionmnist', '--resume', str(tmp_path / 'absent')])
     torch.save({'f.0.weight': torch.zeros(1)}, bad)
-    with pytest.raises(M.CheckpointError, match='not a training state written by main.py'):
+    with pytest.raises(C.CheckpointError, match='not a training state written by main.py'):
         main.main(['--dataset', 'fashionmnist', '--resume', str(bad)])
 
 
@@ -148,9 +149,9 @@ def test_resume_refuses_a_different_experiment_and_reports_schedule_changes(tmp_
     common = ['--dataset', 'fashionmnist', '--data_root', fashion_root, '--subset', '16', '--knn_every', '0',
               '--save_every', '0', '--results_dir', str(tmp_path), *FAST[:-4]]
     run = main.main(common + ['--epochs', '1'])
-    with pytest.raises(M.CheckpointError, match=r'--lmbda 0\.0078125 -> 0\.005.*args\.json'):
+    with pytest.raises(C.CheckpointError, match=r'--lmbda 0\.0078125 -> 0\.005.*args\.json'):
         main.main(common + ['--epochs', '2', '--resume', run, '--lmbda', '0.005'])
-    with pytest.raises(M.CheckpointError, match=r'--is_mixup True -> False'):
+    with pytest.raises(C.CheckpointError, match=r'--is_mixup True -> False'):
         main.main(common + ['--epochs', '2', '--resume', run, '--is_mixup', 'false'])
     capsys.readouterr()
     assert main.main(common + ['--epochs', '2', '--resume', run]) == run
@@ -158,14 +159,14 @@ def test_resume_refuses_a_different_experiment_and_reports_schedule_changes(tmp_
 
 
 def test_atomic_save_keeps_the_old_file_when_a_write_fails(tmp_path):
-    from utils import atomic_save
+    from checkpoints import atomic_save
 
     class FailsHalfway:
         def __reduce__(self):
             raise OSError('No space left on device')
     path = tmp_path / 'last.pth'
     atomic_save({'epoch': 1}, str(path))
-    with pytest.raises(OSError, match='No space left'):
+    with pytest.raises(C.CheckpointError, match=r'could not write .*No space left.*the previous file is intact'):
         atomic_save({'epoch': 2, 'broken': FailsHalfway()}, str(path))
     assert torch.load(path) == {'epoch': 1} and os.listdir(tmp_path) == ['last.pth']  # no temporary file left
     umask = os.umask(0)
@@ -176,7 +177,8 @@ def test_atomic_save_keeps_the_old_file_when_a_write_fails(tmp_path):
 def test_rng_state_survives_a_weights_only_round_trip(tmp_path):
     import random
     import numpy as np
-    from utils import atomic_save, rng_state, set_rng_state
+    from checkpoints import atomic_save
+    from utils import rng_state, set_rng_state
     random.seed(3), np.random.seed(4), torch.manual_seed(5)
     np.random.randn()  # a cached Gaussian is part of NumPy's state too
     atomic_save({'rng': rng_state()}, tmp_path / 'rng.pth')
