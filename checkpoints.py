@@ -2,7 +2,6 @@
 and the released file names (docs/protocol.md section 2: never a silent partial load).
 """
 import json
-import math
 import os
 import pickle
 import re

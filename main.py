@@ -8,7 +8,6 @@
 One process per device; torchrun (or srun) starts several, and the global batch
 --batch_size is split over them. See README.md for every data set, method and script.
 """
-import argparse
 import copy
 import math
 import os
@@ -22,154 +21,19 @@ import distributed as D
 import knn
 import probe
 import visualize
-from checkpoints import CheckpointError, NonFiniteState, atomic_save, load_strict, non_finite_entries
+from checkpoints import atomic_save, load_strict, non_finite_entries
 from errors import MixBTError
-from methods import METHODS, Progress, add_method_args, method_schedule_keys, original_method_name
+from config import get_args, print_config
+from methods import METHODS, Progress, method_schedule_keys
 from model import build_model, plain_batchnorm, sync_batchnorm
 from runlog import RunLog
 from runs import RunFolder, check_identity, check_writable
 from utils import LARS, autocast_dtype, backward_step, grad_scaler, warmup_cosine_factor, install_requeue_handler, \
-    rng_state, run_command, seed_everything, set_lr, set_rng_state, step_factor, str2bool
+    rng_state, run_command, seed_everything, set_lr, set_rng_state, step_factor
 
 
 class NonFiniteLoss(MixBTError):
     pass
-
-
-def get_args(argv=None):
-    p = argparse.ArgumentParser(description='Mixed Barlow Twins pretraining', allow_abbrev=False)
-    a = p.add_argument
-    # ---- the original flags (names, meaning and defaults of the mix-bt main.py; the Barlow Twins
-    # family's own, --lmbda, --corr_neg_one/--corr_zero, --is_mixup, --mixup_loss_scale, below)
-    a('--dataset', default='cifar10', choices=sorted(datasets.SPECS), help='data set to pretrain on')
-    a('--arch', default='resnet50', choices=['resnet18', 'resnet50'], help='backbone')
-    a('--feature_dim', default=128, type=int, help='projector output dimension (small data sets)')
-    a('--temperature', default=0.5, type=float, help='temperature of the weighted kNN monitor')
-    a('--k', default=200, type=int, help='neighbours of the weighted kNN monitor')
-    a('--batch_size', '--batch-size', default=512, type=int, help='global batch size (split over processes)')
-    a('--epochs', default=1000, type=int, help='training epochs')
-    a('--lr', default=None, type=float,
-      help='base learning rate (x batch/256 with the cosine schedule); default 1e-3, baselines: their recipe')
-    a('--lr_shed', default=None, choices=['step', 'cosine', 'cosine_exact'],
-      help="learning-rate schedule; default step (ImageNet: cosine_exact), baselines: their recipe. cosine: the "
-           "original's per-step cosine (epochs counted from 1: the first step is at 1/10 of the warm-up, the last "
-           "epoch passes beyond the cosine's end); cosine_exact: warm-up from 0, cosine ending at the last step "
-           "(the official Barlow Twins and the ImageNet scripts)")
-    a('--gpu', default=0, type=int, help='CUDA device of a single-process run (-1: CPU)')
-    # ---- added for researchers
-    a('--method', default=None, choices=list(METHODS), help='SSL method (default: from --is_mixup/--corr_neg_one)')
-    a('--data_root', default='data', help='folder holding the data sets (ImageNet: the ImageNet folder)')
-    a('--results_dir', '--checkpoint-dir', default='results', help='run folders are created here')
-    a('--seed', default=0, type=int)
-    a('--workers', default=min(8, os.cpu_count() or 1), type=int, help='data-loader worker processes')
-    a('--knn_every', default=5, type=int, help='kNN monitor every N epochs (0: never); always at the end')
-    a('--knn_init', action='store_true',
-      help='also run the kNN monitor on the randomly initialised backbone, logged as epoch 0: the baseline '
-           'that pretraining has to beat')
-    a('--save_every', default=50, type=int, help='keep a model snapshot every N epochs (0: never)')
-    a('--resume', default=None, help='run folder or last.pth to continue from')
-    a('--run_name', default=None,
-      help='fixed run folder name under --results_dir; a run restarted with the same name resumes from its '
-           'last.pth automatically (default on SLURM: slurm<job id>, so a requeued job continues)')
-    a('--download', action='store_true', help="fetch the data set with torchvision's downloader")
-    a('--subset', default=0, type=int, help='use only N images of each split (quick runs, debugging)')
-    a('--log_every', '--print-freq', default=20, type=int, help='progress-bar/NaN-check interval in steps')
-    a('--warmup_epochs', default=None, type=float,
-      help='linear warm-up epochs of the cosine schedule; default 10 (INTL: 2)')
-    a('--warmup_steps', default=None, type=int,
-      help='linear warm-up steps of the step schedule; default 0 (SimCLR, BYOL, W-MSE, CW-RGP: 500)')
-    a('--weight_decay', '--weight-decay', default=None, type=float,
-      help='default: 1e-6 (Adam, LARS)')
-    a('--optimizer', default=None, choices=['adam', 'lars', 'sgd'], help='default: lars for imagenet, else adam')
-    a('--fuse_views', default=True, type=str2bool, help='one forward over all views, per-view BatchNorm')
-    # ---- ImageNet recipe (official Barlow Twins flags)
-    a('--projector', default=None, help='projector MLP sizes, e.g. 8192-8192-8192 (ImageNet default)')
-    a('--learning-rate-weights', dest='lr_weights', default=0.2, type=float, help='ImageNet LARS lr (weights)')
-    a('--learning-rate-biases', dest='lr_biases', default=0.0048, type=float, help='ImageNet LARS lr (biases, BN)')
-    a('--image_size', default=224, type=int, help='ImageNet crop size')
-    a('--ref_world_size', default=None, type=int,
-      help='gradients x 1/R: the update of a reference run on R GPUs whose cross-correlation was summed with a '
-           'plain all_reduce (the released Mix-BT ImageNet runs: 8); 1 = the true gradient. Default: 8 for the '
-           'Barlow Twins family on ImageNet, 1 otherwise')
-    a('--sync_bn', default=True, type=str2bool,
-      help='BatchNorm statistics over the global batch in multi-process runs, as one process would compute them '
-           '(false: per-process statistics, faster, not equal to one process)')
-    a('--precision', default='auto', choices=['auto', 'fp32', 'bf16', 'fp16'],
-      help='auto: bf16 on CUDA where supported (fp16 otherwise), fp32 on CPU')
-    a('--channels_last', default=True, type=str2bool,
-      help='NHWC memory format (faster for cuDNN and for oneDNN on CPU)')
-    a('--compile', action='store_true', help='torch.compile the model')
-    a('--visuals', default=True, type=str2bool,
-      help='at the end: nearest-neighbour retrievals and a 2-D map of the test embeddings (PNG, wandb)')
-    a('--skip_bad_images', action='store_true',
-      help='replace (ImageNet) or leave out (Tiny-ImageNet) unreadable images, with a count; default: stop with '
-           'an error naming the file')
-    a('--aug', default=None, choices=['cpu', 'gpu'],
-      help='cpu: torchvision/PIL views in workers; gpu: batched views on the training device')
-    a('--pipeline', default='mixbt', choices=datasets.PIPELINES,
-      help="views and normalisation of training and evaluation: mixbt (the data set's own), or wmse (the W-MSE "
-           "code's, as the paper's baselines ran; also logs its Euclidean 5-NN and, at the end, its linear "
-           "evaluation; docs/protocol.md section 6)")
-    add_method_args(p)
-    return resolve_args(p.parse_args(argv))
-
-
-def resolve_args(args):
-    """The run's whole configuration, resolved in one place: the method's per-data-set defaults
-    fill the flags left unset, then the method derives and checks its settings, then the
-    general defaults and checks. Raises MixBTError before anything is created or loaded."""
-    original_method_name(args)
-    cls = METHODS[args.method]
-    spec = datasets.SPECS[args.dataset]
-    for key, value in cls.defaults(spec, args.dataset).items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    cls.resolve(args)
-    datasets.select_pipeline(args.dataset, args.pipeline)  # MixBTError where the data set has no such pipeline
-    if args.optimizer is None:
-        args.optimizer = 'adam' if spec.in_memory else 'lars'
-    if args.weight_decay is None:
-        args.weight_decay = 1e-6
-    if not spec.in_memory and args.projector is None:
-        args.projector = '8192-8192-8192'
-    for key, value in (('lr', 1e-3), ('lr_shed', 'step' if spec.in_memory else 'cosine_exact'),
-                       ('warmup_epochs', 10.0), ('warmup_steps', 0), ('ref_world_size', 1)):
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    check_args(args)
-    return args
-
-
-def check_args(args):
-    """Settings that cannot mean anything: one clear error each, before any work."""
-    positive = ('epochs', 'feature_dim', 'k', 'log_every', 'image_size', 'ref_world_size')
-    for key in positive:
-        if getattr(args, key) < 1:
-            raise MixBTError(f'--{key} {getattr(args, key)} must be at least 1')
-    for key in ('knn_every', 'save_every', 'subset', 'workers', 'warmup_epochs', 'warmup_steps', 'weight_decay',
-                'mixup_warmup_epochs'):
-        if getattr(args, key) < 0:
-            raise MixBTError(f'--{key} {getattr(args, key)} must be >= 0')
-    if args.batch_size < 2:
-        raise MixBTError(f'--batch_size {args.batch_size}: BatchNorm and the batch statistics of the losses need at '
-                         'least 2 images per batch')
-    if not args.temperature > 0 or not math.isfinite(args.temperature):
-        raise MixBTError(f'--temperature {args.temperature} must be a positive number (the kNN weights are '
-                         'exp(similarity / temperature))')
-    for key in ('lr', 'lr_weights', 'lr_biases'):
-        if not getattr(args, key) > 0 or not math.isfinite(getattr(args, key)):
-            raise MixBTError(f'--{key} {getattr(args, key)} must be a positive number')
-    if args.projector is not None:
-        sizes = args.projector.split('-')
-        if not all(s.isdigit() and int(s) > 0 for s in sizes):
-            raise MixBTError(f'--projector {args.projector!r}: expected positive layer sizes joined by -, '
-                             'e.g. 8192-8192-8192')
-
-
-def print_config(args, device):
-    """The resolved configuration, as the run will use it (nanoGPT prints its config the same way)."""
-    rows = [f'  {k:<22} {v}' for k, v in sorted(vars(args).items())]
-    print(f'Configuration ({D.world_size()} process(es) on {device}):\n' + '\n'.join(rows), flush=True)
 
 
 # ---------------------------------------------------------------------------- data

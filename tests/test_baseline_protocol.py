@@ -252,7 +252,7 @@ def test_linear_evaluation_schedule_is_the_originals(monkeypatch):
 
 
 # ---------------------------------------------------------------------------- main.py --pipeline wmse
-TINY = ['--arch', 'resnet18', '--batch_size', '8', '--subset', '24', '--workers', '0', '--seed', '3', '--k', '5',
+TINY = ['--visuals', 'false', '--arch', 'resnet18', '--batch_size', '8', '--subset', '24', '--workers', '0', '--seed', '3', '--k', '5',
         '--save_every', '0', '--method', 'simclr', '--emb', '8', '--head_size', '16', '--lr', '0.003',
         '--warmup_steps', '2']
 

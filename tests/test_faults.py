@@ -19,7 +19,7 @@ import transfer
 from errors import MixBTError
 from utils import run_command
 
-TINY = ['--dataset', 'cifar10', '--arch', 'resnet18', '--feature_dim', '16', '--batch_size', '8', '--subset', '16',
+TINY = ['--visuals', 'false', '--dataset', 'cifar10', '--arch', 'resnet18', '--feature_dim', '16', '--batch_size', '8', '--subset', '16',
         '--workers', '0', '--knn_every', '0', '--save_every', '0', '--k', '5', '--lr', '0.001',
         '--lmbda', '0.0078125', '--is_mixup', 'true']
 

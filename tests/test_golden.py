@@ -19,7 +19,7 @@ import fakedata
 import main
 
 GOLDEN = os.path.join(os.path.dirname(__file__), 'golden', 'golden.json')
-COMMON = ['--dataset', 'cifar10', '--arch', 'resnet18', '--batch_size', '16', '--subset', '48', '--epochs', '2',
+COMMON = ['--visuals', 'false', '--dataset', 'cifar10', '--arch', 'resnet18', '--batch_size', '16', '--subset', '48', '--epochs', '2',
           '--workers', '0', '--seed', '7', '--knn_every', '1', '--k', '5', '--save_every', '0']
 RUNS = {
     'mixbt': ['--method', 'mixbt', '--feature_dim', '32', '--lmbda', '0.0078125', '--mixup_loss_scale', '4.0',

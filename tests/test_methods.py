@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import baselines
 import losses
 import methods
 from conftest import build_method
@@ -76,7 +77,7 @@ def test_a_step_sends_the_original_permutation_stream_in_one_copy(name, monkeypa
     generator, so every rank draws the same ones and older checkpoints resume the same stream."""
     copies, drawn = [], {}
     real_copy = methods.to_device
-    monkeypatch.setattr(methods, 'to_device', lambda t, device: copies.append(t) or real_copy(t, device))
+    monkeypatch.setattr(baselines, 'to_device', lambda t, device: copies.append(t) or real_copy(t, device))
     real_loss = getattr(losses, f'{name}_loss')
 
     def spy(views, perms, *rest, **kwargs):

@@ -15,7 +15,7 @@ import main
 import checkpoints as C
 import model as M
 
-FAST = ['--arch', 'resnet18', '--feature_dim', '32', '--batch_size', '8', '--workers', '0', '--lr', '0.01',
+FAST = ['--visuals', 'false', '--arch', 'resnet18', '--feature_dim', '32', '--batch_size', '8', '--workers', '0', '--lr', '0.01',
         '--lr_shed', 'cosine', '--lmbda', '0.0078125', '--is_mixup', 'true', '--mixup_loss_scale', '4.0',
         '--knn_every', '1', '--k', '5']
 
@@ -37,7 +37,7 @@ def run_dir_of(results):
 def test_main_end_to_end_on_fashion_mnist_writes_run_folder(tmp_path, fashion_root, repo_root):
     results = str(tmp_path / 'results')
     cmd = [sys.executable, 'main.py', '--dataset', 'fashionmnist', '--data_root', fashion_root, '--subset', '32',
-           '--epochs', '2', '--results_dir', results, '--save_every', '1', '--seed', '3', *FAST]
+           '--epochs', '2', '--results_dir', results, '--save_every', '1', '--seed', '3', *FAST, '--visuals', 'true']
     proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, env={**os.environ, 'WANDB_MODE': 'disabled'})
     assert proc.returncode == 0, proc.stderr[-3000:]
     if importlib.util.find_spec('thop'):  # optional: the parameter and FLOP count of the original's log
@@ -47,7 +47,8 @@ def test_main_end_to_end_on_fashion_mnist_writes_run_folder(tmp_path, fashion_ro
     prefix = f'{run_id}_0.0078125_32_8_fashionmnist'
     files = set(os.listdir(run))
     assert {'args.json', 'last.pth', f'{prefix}_model.pth', f'{prefix}_model_1.pth', f'{prefix}_model_2.pth',
-            f'{prefix}_statistics.csv', f'{prefix}_curves.png'} <= files
+            f'{prefix}_statistics.csv', f'{prefix}_curves.png', f'{prefix}_retrievals.png',
+            f'{prefix}_embedding.png'} <= files
     assert json.load(open(os.path.join(run, 'args.json')))['mixup_loss_scale'] == 4.0
     rows = list(csv.DictReader(open(os.path.join(run, f'{prefix}_statistics.csv'))))
     assert [r['epoch'] for r in rows] == ['1', '2']
