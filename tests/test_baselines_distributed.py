@@ -10,6 +10,8 @@ import methods
 import model as M
 from test_distributed import WORLD, run_two_processes
 
+pytestmark = pytest.mark.slow  # several real processes
+
 B, SIDE = 8, 8  # global batch; tiny images through a real ResNet-18 (8x8 -> 1x1 at layer4)
 
 # name: (projector, method of the model)

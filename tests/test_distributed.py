@@ -14,6 +14,8 @@ import torch.multiprocessing as mp
 import distributed as D
 import losses
 
+pytestmark = pytest.mark.slow  # several real processes
+
 WORLD = 2
 
 

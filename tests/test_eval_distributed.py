@@ -15,6 +15,8 @@ import fakedata
 import linear
 from test_eval import released_checkpoint
 
+pytestmark = pytest.mark.slow  # several real processes
+
 BATCH = 5  # odd: not divisible by 2 processes
 N_TRAIN = 21  # 4 full batches + 1 sample: the second rank's part of the last batch is empty
 N_TEST = 11

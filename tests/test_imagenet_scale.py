@@ -12,6 +12,8 @@ import losses
 from test_distributed import WORLD, run_two_processes
 from utils import backward_step
 
+pytestmark = pytest.mark.slow  # several real processes
+
 B, LMBDA, S, ALPHA = 8, 0.0078125, 4.0, 0.3  # global batch; s = 0.5 * lambda_mixup
 
 

@@ -82,6 +82,47 @@ def test_view_split_batchnorm_keeps_keys_and_equals_separate_passes():
         torch.testing.assert_close(b_fused, b_ref, rtol=1e-10, atol=1e-12, msg=name)  # running stats, in view order
 
 
+def test_batchnorm_modules_are_built_explicitly_and_swapped_by_replacement():
+    """Models are built with this project's BatchNorm modules (no class swapping after the fact);
+    sync_batchnorm replaces them by global-statistics modules with the same state and views."""
+    m = M.Model(feature_dim=8, arch='resnet18', maxpool=False)
+    bns = [x for x in m.modules() if isinstance(x, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(type(x) in (M.BatchNorm1d, M.BatchNorm2d) for x in bns)
+    M.set_bn_views(m, 2)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    M.sync_batchnorm(m, torch.device('cpu'))
+    bns = [x for x in m.modules() if isinstance(x, torch.nn.modules.batchnorm._BatchNorm)]
+    assert all(type(x) in (M.GlobalBatchNorm1d, M.GlobalBatchNorm2d) and x.views == 2 for x in bns)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in state.items())
+    with pytest.raises(TypeError, match='per-view statistics'):
+        M.set_bn_views(torch.nn.Sequential(torch.nn.BatchNorm1d(3)), 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='the CUDA SyncBatchNorm path needs a GPU')
+def test_per_view_sync_batchnorm_on_cuda_equals_separate_passes(tmp_path):
+    """--sync_bn on CUDA: nn.SyncBatchNorm's kernels with per-view statistics (one process group of
+    one NCCL process) give what separate passes through plain BatchNorm give."""
+    import torch.distributed as dist
+    device = torch.device('cuda', 0)
+    dist.init_process_group('nccl', init_method=f'file://{tmp_path}/store', rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        ref = M.Model(feature_dim=16, arch='resnet18', maxpool=False).to(device)
+        fused = M.Model(feature_dim=16, arch='resnet18', maxpool=False).to(device)
+        fused.load_state_dict(ref.state_dict())
+        M.set_bn_views(fused, 2)
+        M.sync_batchnorm(fused, device)
+        assert any(isinstance(x, M.SyncBatchNorm) for x in fused.modules())
+        views = [torch.randn(8, 3, 32, 32, device=device) for _ in range(2)]
+        outs_ref = torch.cat([ref(v)[1] for v in views])
+        outs_fused = fused(torch.cat(views))[1]
+        torch.testing.assert_close(outs_fused, outs_ref, rtol=1e-4, atol=1e-5)
+        for (name, b_ref), b_fused in zip(ref.named_buffers(), fused.buffers()):
+            torch.testing.assert_close(b_fused.float(), b_ref.float(), rtol=1e-4, atol=1e-5, msg=name)
+    finally:
+        dist.destroy_process_group()
+
+
 def save(obj, tmp_path, name='ckpt.pth'):
     path = tmp_path / name
     torch.save(obj, path)
