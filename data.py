@@ -76,8 +76,8 @@ class DatasetNotFound(MixBTError, FileNotFoundError):
 
 def not_found(name, root, detail=''):
     spec = SPECS[name]
-    msg = (f'{name} not found under {os.path.abspath(root)}{": " + detail if detail else ""}.\n'
-           f'Expected layout: {os.path.join(root, spec.layout)}\n'
+    msg = (f'{name} not found under {os.path.abspath(root)}{": " + detail if detail else ""}. '
+           f'Expected layout: {os.path.join(root, spec.layout)}. '
            f'Get it from {spec.url}, pass --download where torchvision can fetch it, '
            f'or point --data_root at the folder that holds it.')
     return DatasetNotFound(msg)

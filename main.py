@@ -255,7 +255,8 @@ def main(argv=None):
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = True  # convolutions; float32 matmuls (losses, whitening) stay full precision
 
-    folder = RunFolder(args, 'last.pth', is_state=is_training_state, what='a training state written by main.py').acquire()
+    folder = RunFolder(args, 'last.pth', is_state=is_training_state, what='a training state written by main.py',
+                       id_from_name=True).acquire()
     try:
         saved = folder.read_state()
         schedule_changes = []

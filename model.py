@@ -104,6 +104,8 @@ def _replace_batchnorm(module, choose):
                 ref = child.weight if child.affine else child.running_mean
                 new.to(device=ref.device if ref is not None else None, dtype=ref.dtype if ref is not None else None)
                 new.load_state_dict(child.state_dict())
+                for p_new, p_old in zip(new.parameters(), child.parameters()):
+                    p_new.requires_grad_(p_old.requires_grad)  # e.g. BYOL's target stays frozen
                 new.train(child.training)
                 if isinstance(new, _PerView):
                     new.views = getattr(child, 'views', 1)

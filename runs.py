@@ -81,9 +81,11 @@ class RunFolder:
     """Where a run lives and whether it continues a saved state. Rank 0 decides, every rank agrees.
 
     `state_name`: the file a run continues from (last.pth, checkpoint.pth); `is_state(obj)` says
-    whether a file's content is such a state, `what` names it in the error."""
+    whether a file's content is such a state, `what` names it in the error; `id_from_name`: a new run
+    with a fixed name takes it as its run id."""
 
-    def __init__(self, args, state_name, suffix=None, is_state=lambda s: isinstance(s, dict), what=None):
+    def __init__(self, args, state_name, suffix=None, is_state=lambda s: isinstance(s, dict), what=None,
+                 id_from_name=False):
         self.state_name, self.lock, self.created = state_name, None, False
         self.what = what or f'a {state_name} written by this code'
         name = fixed_name(args, suffix)
@@ -99,7 +101,9 @@ class RunFolder:
             self.path = os.path.dirname(os.path.abspath(path))
             self.run_id = None  # the saved state's
         else:
-            self.run_id = D.broadcast_object(new_run_id())  # the wandb id: unique even where the name is fixed
+            # The run id (wandb's, and main.py's file-name stem): the fixed name where main.py asks for it,
+            # else a new random one (probes: unique even where the folder name is fixed).
+            self.run_id = name if (name and id_from_name) else D.broadcast_object(new_run_id())
             self.path = os.path.join(args.results_dir, name or self.run_id)
         self.is_state = is_state
 
@@ -119,8 +123,11 @@ class RunFolder:
         if D.is_main():
             try:
                 if not os.path.isdir(self.path):
+                    top = os.path.abspath(self.path)
+                    while not os.path.exists(os.path.dirname(top)):
+                        top = os.path.dirname(top)
                     os.makedirs(self.path)
-                    self.created = True
+                    self.created, self.created_top = True, top
                 self.lock = Lock(self.path)
                 removed = remove_stale_temporaries(self.path)
                 if removed:
@@ -140,3 +147,10 @@ class RunFolder:
             if failed and self.created and set(os.listdir(self.path)) <= {'.lock'}:
                 import shutil
                 shutil.rmtree(self.path, ignore_errors=True)
+                folder = os.path.dirname(os.path.abspath(self.path))  # and the parents it made, if left empty
+                while len(folder) >= len(self.created_top):
+                    try:
+                        os.rmdir(folder)
+                    except OSError:
+                        break
+                    folder = os.path.dirname(folder)

@@ -265,6 +265,7 @@ def fake_root(tmp_path_factory):
     return str(root)
 
 
+@pytest.mark.slow
 def test_main_with_pipeline_wmse_logs_both_knns_and_the_linear_evaluation(fake_root, tmp_path):
     run = main.main(TINY + ['--dataset', 'cifar10', '--epochs', '2', '--knn_every', '1', '--pipeline', 'wmse',
                             '--data_root', fake_root, '--results_dir', str(tmp_path)])

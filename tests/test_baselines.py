@@ -443,6 +443,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_losses_and_gradients_equal_one_process(tmp_path, repo_root):
     """Every rank returns the global loss; each rank's gradient is W times its share of the
     one-process gradient (DDP's averaging divides by W), as distributed.py documents."""
@@ -486,6 +487,7 @@ def cifar_root(tmp_path_factory):
     return str(root)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(E2E))
 def test_method_trains_saves_a_loadable_backbone_and_resumes(name, cifar_root, tmp_path, monkeypatch):
     common = ['--dataset', 'cifar10', '--data_root', cifar_root, '--subset', '4', '--batch_size', '4', '--workers', '0',

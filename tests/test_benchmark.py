@@ -38,6 +38,7 @@ def check(repo_root):
     return load(repo_root, 'gpu_check')
 
 
+@pytest.mark.slow
 def test_throughput_benchmark_prints_one_json_object_with_positive_rates(repo_root, tmp_path):
     out_file = tmp_path / 'throughput.json'
     cmd = [sys.executable, os.path.join('benchmarks', 'throughput.py'), '--device', 'cpu', '--batch_size', '4',

@@ -11,6 +11,7 @@ import torchvision
 
 import fakedata
 import linear
+import probe
 import checkpoints as C
 from errors import MixBTError
 import data
@@ -45,6 +46,7 @@ def capture_backbones(monkeypatch, module):
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('no_aug', [False, True])
 def test_linear_evaluates_released_checkpoint_with_every_weight_and_frozen_backbone(tmp_path, monkeypatch, no_aug):
     fakedata.write_cifar(str(tmp_path / 'data'), 'cifar10', n_train=40, n_test=20)
@@ -79,6 +81,7 @@ def kill_in_second_epoch(monkeypatch):
     return lambda: monkeypatch.setattr(probe, 'run_epoch', real)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('how', ['--resume', '--run_name'])
 def test_linear_resume_after_kill_continues_identically(tmp_path, monkeypatch, how):
     """--resume RUN continues a run; so does the same command again with a fixed --run_name."""
@@ -102,19 +105,19 @@ def test_linear_resume_after_kill_continues_identically(tmp_path, monkeypatch, h
     for k in a['fc']:
         assert torch.equal(a['fc'][k], b['fc'][k]), k
     if how == '--run_name':  # the folder now holds a finished cifar10 probe: another evaluation is refused
-        with pytest.raises(C.CheckpointError, match='another evaluation.*--seed'):
+        with pytest.raises(C.CheckpointError, match='holds another run.*--seed'):
             linear.main(common + named + ['--results_dir', str(tmp_path / 'b'), '--seed', '1'])
 
 
 def test_probe_run_folder_is_fixed_on_slurm(monkeypatch):
     import argparse
-    import probe
+    import runs
     args = argparse.Namespace(run_name=None)
     monkeypatch.delenv('SLURM_JOB_ID', raising=False)
-    assert probe.run_name(args, 'm_linear') is None  # a new random folder each launch
+    assert runs.fixed_name(args, 'm_linear') is None  # a new random folder each launch
     monkeypatch.setenv('SLURM_JOB_ID', '4242')
-    assert probe.run_name(args, 'm_transfer_dtd') == 'slurm4242_m_transfer_dtd'  # a requeued job finds it again
-    assert probe.run_name(argparse.Namespace(run_name='mine'), 'm_linear') == 'mine'
+    assert runs.fixed_name(args, 'm_transfer_dtd') == 'slurm4242_m_transfer_dtd'  # a requeued job finds it again
+    assert runs.fixed_name(argparse.Namespace(run_name='mine'), 'm_linear') == 'mine'
 
 
 def test_feature_batches_give_every_rank_every_step_and_lose_no_sample(monkeypatch):
@@ -133,6 +136,7 @@ def test_feature_batches_give_every_rank_every_step_and_lose_no_sample(monkeypat
     assert sorted(seen.tolist()) == list(range(21))
 
 
+@pytest.mark.slow
 def test_fp16_probe_trains_with_a_grad_scaler_and_resumes_it(tmp_path, monkeypatch):
     """--precision fp16 (or auto on a GPU without bf16): a GradScaler scales the loss, and its
     state is saved and restored with the run. (On the CPU the scaler runs on fp32 autocast-free
@@ -143,7 +147,7 @@ def test_fp16_probe_trains_with_a_grad_scaler_and_resumes_it(tmp_path, monkeypat
     assert grad_scaler(torch.bfloat16, cpu) is None and grad_scaler(None, cpu) is None
     fakedata.write_cifar(str(tmp_path / 'data'), 'cifar10', n_train=20, n_test=10)
     path, _ = released_checkpoint(tmp_path)
-    monkeypatch.setattr(linear, 'grad_scaler', lambda amp, device: grad_scaler(torch.float16, device))
+    monkeypatch.setattr(probe, 'grad_scaler', lambda amp, device: grad_scaler(torch.float16, device))
     loaded, real = [], torch.amp.GradScaler.load_state_dict
     monkeypatch.setattr(torch.amp.GradScaler, 'load_state_dict', lambda self, sd: loaded.append(sd) or real(self, sd))
     command = ['--dataset', 'cifar10', '--model_path', path, '--data_root', str(tmp_path / 'data'), '--batch_size',
@@ -166,6 +170,7 @@ def run(script, args, repo_root):
                           env={**os.environ, 'WANDB_MODE': 'disabled'})
 
 
+@pytest.mark.slow
 def test_wrong_checkpoints_give_clear_errors(tmp_path, repo_root):
     fakedata.write_cifar(str(tmp_path / 'data'), 'cifar10', n_train=10, n_test=5)
     path, _ = released_checkpoint(tmp_path)
@@ -224,6 +229,7 @@ def test_hub_resnet50_without_arguments_is_the_originals_torchvision_model_with_
     assert hubconf.resnet50(pretrained=False).fc.out_features == 1000
 
 
+@pytest.mark.slow
 def test_detectron2_converter_key_mapping(tmp_path, repo_root):
     tv = torchvision.models.resnet50()
     state = {k: v for k, v in tv.state_dict().items() if not k.startswith('fc.')}
@@ -247,6 +253,7 @@ def test_detectron2_converter_key_mapping(tmp_path, repo_root):
     assert proc.returncode == 1 and 'missing keys' in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('transfer_dataset', ['dtd', 'aircraft'])
 def test_transfer_evaluates_released_checkpoint_with_every_weight(tmp_path, monkeypatch, transfer_dataset):
     import transfer
@@ -267,6 +274,7 @@ def test_transfer_evaluates_released_checkpoint_with_every_weight(tmp_path, monk
     assert f'{stem}_transfer_{transfer_dataset}_statistics.csv' in os.listdir(result['run_dir'])
 
 
+@pytest.mark.slow
 def test_transfer_missing_data_set_is_a_clear_error(tmp_path, repo_root):
     path, _ = released_checkpoint(tmp_path)
     proc = run('transfer.py', ['--dataset', 'cifar10', '--transfer_dataset', 'cu_birds', '--model_path', path,

@@ -97,6 +97,7 @@ def transfer_set(argv):
     return argv[argv.index('--transfer_dataset') + 1]
 
 
+@pytest.mark.slow
 def test_table_holds_exactly_what_each_part_wrote_and_a_second_run_reruns_nothing(tmp_path, data_root, monkeypatch,
                                                                                   capsys):
     ckpt = released_checkpoint(str(tmp_path))
@@ -155,6 +156,7 @@ def test_table_holds_exactly_what_each_part_wrote_and_a_second_run_reruns_nothin
         evaluate.main(argv + ['--epochs', '2'])
 
 
+@pytest.mark.slow
 def test_a_killed_evaluation_continues_where_it_stopped_and_a_set_that_arrives_later_is_evaluated(
         tmp_path, monkeypatch, capsys):
     import probe
@@ -249,6 +251,7 @@ def test_imagenet_checkpoint_gets_the_linear_probe_only(tmp_path, monkeypatch):
     assert f'(resnet18, imagenet) | - | {lin["best_acc@1"]:.2f} |' in md
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_error_line_with_the_fix(tmp_path, capsys):
     not_a_run = tmp_path / 'probe_run'
     not_a_run.mkdir()

@@ -36,6 +36,7 @@ def common(cifar_root, results, *extra):
 
 
 # ------------------------------------------------------------------ 1. resume with a changed lr
+@pytest.mark.slow
 def test_resume_with_a_changed_lr_trains_with_it_and_records_it(cifar_root, tmp_path, monkeypatch):
     main.main(common(cifar_root, tmp_path, '--epochs', '1', '--run_name', 'r'))
     seen = []
@@ -55,6 +56,7 @@ def test_resume_with_a_changed_lr_trains_with_it_and_records_it(cifar_root, tmp_
 
 
 # ------------------------------------------------------------------ 2. non-finite state
+@pytest.mark.slow
 def test_a_non_finite_buffer_is_never_saved_and_the_run_continues_from_the_last_finite_state(
         cifar_root, tmp_path, monkeypatch):
     real = main.train_one_epoch
@@ -87,6 +89,7 @@ def test_atomic_save_refuses_a_non_finite_tensor(tmp_path):
 
 
 # ------------------------------------------------------------------ 3. one run per folder
+@pytest.mark.slow
 def test_a_second_process_on_the_same_run_folder_is_refused_with_the_holder(cifar_root, tmp_path):
     folder = tmp_path / 'r'
     folder.mkdir()
@@ -111,6 +114,7 @@ def test_a_second_process_on_the_same_run_folder_is_refused_with_the_holder(cifa
 
 
 # ------------------------------------------------------------------ 4. temporary files of killed writes
+@pytest.mark.slow
 def test_stale_temporary_files_are_removed_when_a_run_resumes(cifar_root, tmp_path):
     run = main.main(common(cifar_root, tmp_path, '--epochs', '1', '--run_name', 'r'))
     stale = os.path.join(run, '.last.pth.abc123.tmp')
@@ -137,6 +141,7 @@ def test_a_read_only_results_dir_is_refused(cifar_root, tmp_path):
         main.main(common(cifar_root, ro / 'results', '--epochs', '1'))
 
 
+@pytest.mark.slow
 def test_a_full_disk_says_so_and_keeps_the_last_good_checkpoint(cifar_root, tmp_path, monkeypatch):
     run = main.main(common(cifar_root, tmp_path, '--epochs', '1', '--run_name', 'r'))
     real_save = torch.save
@@ -174,6 +179,7 @@ def test_meaningless_settings_are_refused_before_the_run_folder_exists(cifar_roo
     assert not os.path.exists(tmp_path / 'results' / 'r')
 
 
+@pytest.mark.slow
 def test_k_larger_than_the_memory_bank_is_capped_with_a_notice(cifar_root, tmp_path, capsys):
     main.main(common(cifar_root, tmp_path, '--epochs', '1', '--k', '500'))
     assert re.search(r'--k 500 is larger than the memory bank \((\d+) images\): using k = \1', capsys.readouterr().out)

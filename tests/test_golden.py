@@ -71,6 +71,7 @@ def cifar_root(tmp_path_factory):
     return str(root)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method', sorted(RUNS))
 def test_same_seed_gives_recorded_weights_and_csv(method, cifar_root, tmp_path):
     run = main.main(COMMON + RUNS[method] + ['--data_root', cifar_root, '--results_dir', str(tmp_path)])

@@ -16,6 +16,7 @@ import main as pretrain
 import main_imagenet
 import evaluate_imagenet
 import checkpoints as C
+from errors import MixBTError
 import model as M
 
 CLASSES = ('n01440764', 'n01443537', 'n01484850')
@@ -116,6 +117,7 @@ def test_slurm_variables_map_onto_torchrun_ones(monkeypatch):
     assert os.environ['MASTER_ADDR'] == 'gpu07' and os.environ['MASTER_PORT'] == str(29500 + 4242)
 
 
+@pytest.mark.slow
 def test_imagenet_pretraining_two_processes_exports_resnet50_and_auto_resumes(tmp_path, imagenet, repo_root):
     results = tmp_path / 'ckpt'
     args = [str(imagenet), '--batch-size', '4', '--projector', '32-32-32', '--image_size', '64', '--workers', '0',
@@ -162,6 +164,7 @@ def test_imagenet_linear_keeps_backbone_frozen(tmp_path, imagenet, monkeypatch):
         assert torch.equal(v, tv.state_dict()[k]), k
 
 
+@pytest.mark.slow
 def test_imagenet_semi_supervised_finetuning_two_processes(tmp_path, imagenet, repo_root):
     path, tv = torchvision_backbone_file(tmp_path)
     subset = tmp_path / '1percent.txt'
@@ -179,6 +182,7 @@ def test_imagenet_semi_supervised_finetuning_two_processes(tmp_path, imagenet, r
     assert [g['initial_lr'] for g in state['optimizer']['param_groups']] == [0.5, 0.005]  # classifier, backbone
 
 
+@pytest.mark.slow
 def test_evaluation_restarted_with_the_same_checkpoint_dir_continues_exactly(tmp_path, imagenet, monkeypatch):
     """The official evaluate.py behaviour: the same command again continues from
     --checkpoint-dir; 1 epoch + kill + restart equals 2 epochs straight (backbone and BN too)."""
@@ -207,7 +211,7 @@ def test_evaluation_restarted_with_the_same_checkpoint_dir_continues_exactly(tmp
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), (part, k)
     # the folder holds this fine-tuning run: a linear evaluation there is refused, not mixed in
-    with pytest.raises(C.CheckpointError, match='another evaluation'):
+    with pytest.raises(C.CheckpointError, match='holds another run'):
         linear.main(evaluate_imagenet.translate([str(imagenet), path, '--image_size', '64', '--workers', '0',
                                                  '--checkpoint-dir', str(tmp_path / 'restarted')]))
 
@@ -247,7 +251,7 @@ def test_subset_list_is_read_by_rank_zero_only(monkeypatch):
 
 
 def test_subset_list_without_a_subset_is_an_error():
-    with pytest.raises(SystemExit, match='--train-files'):
+    with pytest.raises(MixBTError, match='--train-files'):
         linear_args(['--dataset', 'imagenet', '--model_path', 'w.pth', '--train-files', 'x.txt'])
-    with pytest.raises(SystemExit, match='--train-percent'):
+    with pytest.raises(MixBTError, match='--train-percent'):
         linear_args(['--dataset', 'cifar10', '--model_path', 'w.pth', '--train-percent', '1'])

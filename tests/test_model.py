@@ -61,6 +61,7 @@ def test_imagenet_model_matches_official_layout():
     assert m.backbone.layer1[0].bn3.weight.abs().sum() == 0
 
 
+@pytest.mark.slow
 def test_view_split_batchnorm_keeps_keys_and_equals_separate_passes():
     torch.manual_seed(0)
     ref = M.Model(feature_dim=16, arch='resnet18', maxpool=False).double()
@@ -183,6 +184,7 @@ def test_full_imagenet_checkpoint_heads_are_checked(tmp_path):
         C.load_backbone(save({'model': broken}, tmp_path), 'imagenet')
 
 
+@pytest.mark.slow
 def test_load_backbone_accepts_training_state_and_torchvision_formats(tmp_path):
     m = M.Model(feature_dim=32, arch='resnet18', maxpool=False)
     backbone, _, _ = C.load_backbone(save({'epoch': 3, 'model': m.state_dict()}, tmp_path), 'cifar10')

@@ -38,8 +38,8 @@ def sweep_of(name):
 
 
 def main_py_flags():
-    """Every `'--flag'` string in main.py and methods.py (read as text: the flags, not the parser)."""
-    text = ''.join(open(os.path.join(ROOT, f)).read() for f in ('main.py', 'methods.py'))
+    """Every `'--flag'` string of main.py's parser: config.py, methods.py, baselines.py (read as text)."""
+    text = ''.join(open(os.path.join(ROOT, f)).read() for f in ('config.py', 'methods.py', 'baselines.py'))
     return set(re.findall(r"""['"]--([A-Za-z][\w-]*)['"]""", text))
 
 

@@ -34,6 +34,7 @@ def run_dir_of(results):
     return os.path.join(results, name)
 
 
+@pytest.mark.slow
 def test_main_end_to_end_on_fashion_mnist_writes_run_folder(tmp_path, fashion_root, repo_root):
     results = str(tmp_path / 'results')
     cmd = [sys.executable, 'main.py', '--dataset', 'fashionmnist', '--data_root', fashion_root, '--subset', '32',
@@ -68,6 +69,7 @@ def fingerprint(state):
     return {k: v.clone() for k, v in state.items()}
 
 
+@pytest.mark.slow
 def test_resume_after_kill_gives_identical_weights(tmp_path, fashion_root, monkeypatch):
     common = ['--dataset', 'fashionmnist', '--data_root', fashion_root, '--subset', '24', '--epochs', '2',
               '--knn_every', '0', '--save_every', '0', '--seed', '5', *FAST[:-4]]
@@ -95,6 +97,7 @@ def test_resume_after_kill_gives_identical_weights(tmp_path, fashion_root, monke
     assert expected['method'] == got['method']  # the mixup alpha generator continues identically
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, fashion_root, monkeypatch):
     import losses
     args = ['--dataset', 'fashionmnist', '--data_root', fashion_root, '--subset', '16', '--epochs', '3',
@@ -121,18 +124,23 @@ def run_cli(args, repo_root):
                           env={**os.environ, 'WANDB_MODE': 'disabled'})
 
 
-def test_missing_data_root_is_a_clear_error(tmp_path, repo_root):
-    proc = run_cli(['--dataset', 'cifar10', '--data_root', str(tmp_path / 'nowhere'), '--epochs', '1'], repo_root)
-    assert proc.returncode == 1
-    assert 'cifar-10-batches-py' in proc.stderr and str(tmp_path / 'nowhere') in proc.stderr
-    assert 'Traceback' not in proc.stderr
+def test_missing_data_root_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main.cli(['--dataset', 'cifar10', '--data_root', str(tmp_path / 'nowhere'), '--epochs', '1',
+                  '--results_dir', str(tmp_path / 'results')])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and err.startswith('error: ') and err.count('\n') <= 2
+    assert 'cifar-10-batches-py' in err and str(tmp_path / 'nowhere') in err
+    assert not os.path.exists(tmp_path / 'results')  # nothing made for a run that cannot start
 
 
-def test_unknown_data_set_is_rejected(repo_root):
-    proc = run_cli(['--dataset', 'mnist10'], repo_root)
-    assert proc.returncode == 2 and "invalid choice: 'mnist10'" in proc.stderr
+def test_unknown_data_set_is_rejected(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main.cli(['--dataset', 'mnist10'])
+    assert exit_.value.code == 2 and "invalid choice: 'mnist10'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_corrupt_resume_checkpoint_is_a_clear_error(tmp_path, repo_root):
     bad = tmp_path / 'last.pth'
     bad.write_bytes(b'\x00' * 100)
@@ -146,6 +154,7 @@ def test_corrupt_resume_checkpoint_is_a_clear_error(tmp_path, repo_root):
         main.main(['--dataset', 'fashionmnist', '--resume', str(bad)])
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_experiment_and_reports_schedule_changes(tmp_path, fashion_root, capsys):
     common = ['--dataset', 'fashionmnist', '--data_root', fashion_root, '--subset', '16', '--knn_every', '0',
               '--save_every', '0', '--results_dir', str(tmp_path), *FAST[:-4]]
@@ -192,6 +201,7 @@ def test_rng_state_survives_a_weights_only_round_trip(tmp_path):
     assert np.random.randn(3).tolist() == expected
 
 
+@pytest.mark.slow
 def test_knn_init_logs_the_random_init_baseline_as_epoch_0_and_leaves_training_alone(tmp_path, fashion_root):
     import knn
     from utils import seed_everything
