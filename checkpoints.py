@@ -101,6 +101,12 @@ def remove_stale_temporaries(folder):
 TRUST_ENV = 'MIXBT_TRUST_CHECKPOINTS'
 
 
+def refetch_hint(path):
+    """What to do about a file that cannot be read: it is often a cut-off download."""
+    return (f'; if it was downloaded, it may be cut off: fetch it again (bash scripts/download_checkpoints.sh '
+            f'{os.path.basename(str(path))} checks every byte)')
+
+
 def read_checkpoint(path):
     """torch.load (weights only) with a clear message for a missing, truncated, foreign or unsafe file."""
     trusted = os.environ.get(TRUST_ENV, '') not in ('', '0')
@@ -113,14 +119,15 @@ def read_checkpoint(path):
         if found is None:  # not a pickle the weights-only reader understands: junk, text, truncated
             detail = next((line.strip() for line in str(e).splitlines() if line.strip().startswith('Unsupported')),
                           str(e).strip().splitlines()[0])
-            raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({detail})') from None
+            raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({detail}){refetch_hint(path)}') from None
         raise CheckpointError(
             f'{path} holds Python objects besides tensors and plain containers (it pickles {found.group(1)}). '
             f'Opening it would run code stored in the file, so it was not loaded. If you trust where it comes '
             f'from (for example a last.pth written by an older version of this code), run again with '
             f'{TRUST_ENV}=1') from None
     except Exception as e:  # truncated zip, pickle garbage, text file...
-        raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})') from None
+        raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})'
+                              f'{refetch_hint(path)}') from None
 
 
 # thop.profile leaves `total_ops`/`total_params` buffers on every module it has no counting rule

@@ -246,7 +246,7 @@ def main(argv=None):
     if args.batch_size % D.world_size() or args.batch_size // D.world_size() < 2:
         raise MixBTError(f'--batch_size {args.batch_size} must be a multiple of the {D.world_size()} processes, with '
                          'at least 2 images per process')
-    if args.aug is None:  # gpu_augment.DeviceViews has the mixbt views only, so far
+    if args.aug is None:
         args.aug = 'gpu' if device.type == 'cuda' and spec.in_memory else 'cpu'
     if args.aug == 'gpu' and not spec.in_memory:
         raise MixBTError(f'--aug gpu needs an in-memory data set; {args.dataset} uses --aug cpu')

@@ -208,3 +208,15 @@ def test_evaluation_scripts_refuse_what_they_would_ignore(tmp_path):
         transfer.get_args(base + ['--epochs', '0'])
     args = linear.get_args(base + ['--epochs', '7'])
     assert args.epochs == 7 and args.lr_classifier is None
+
+
+# ------------------------------------------------------------------ 13. a truncated download
+def test_a_truncated_checkpoint_is_named_unreadable_with_the_way_to_fetch_it_again(tmp_path):
+    path = tmp_path / '4wdhbpcf_0.0078125_1024_256_cifar10_model.pth'
+    torch.save(M.Model(16, 'resnet18', False).state_dict(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 3])
+    with pytest.raises(C.CheckpointError, match=r'not a readable PyTorch checkpoint.*fetch it again \(bash '
+                                                r'scripts/download_checkpoints\.sh 4wdhbpcf_0\.0078125_1024_256_cifar10'):
+        linear.main(['--model_path', str(path), '--dataset', 'cifar10', '--results_dir', str(tmp_path / 'r')])
+    assert not os.path.exists(tmp_path / 'r')

@@ -19,7 +19,7 @@ B, LMBDA, S, ALPHA = 8, 0.0078125, 4.0, 0.3  # global batch; s = 0.5 * lambda_mi
 
 def step_inputs():
     g = torch.Generator().manual_seed(3)
-    views = [torch.randn(B, 3, 32, 32, generator=g, dtype=torch.float64) for _ in range(2)]
+    views = [torch.randn(B, 3, 16, 16, generator=g, dtype=torch.float64) for _ in range(2)]
     perms = [torch.randperm(B // WORLD, generator=g) for _ in range(WORLD)]  # per rank, as the reference
     return views, perms
 
@@ -28,7 +28,7 @@ def build_method(is_mixup, perm):
     import model as M
     from methods import BarlowTwins
     torch.manual_seed(0)
-    net = M.Model(feature_dim=16, arch='resnet18', maxpool=False).double()  # CIFAR stem (no maxpool), 32 px
+    net = M.Model(feature_dim=16, arch='resnet18', maxpool=False).double()  # CIFAR stem (no maxpool), 16 px inputs
     method = BarlowTwins(net, lmbda=LMBDA, is_mixup=is_mixup, mixup_loss_scale=S, seed=0)
     method = M.sync_batchnorm(method, torch.device('cpu'))  # as the reference's SyncBatchNorm
     method.configure_bn()

@@ -44,9 +44,9 @@ def epoch_of(path):
 
 @pytest.mark.slow
 def test_two_process_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
-    fakedata.write_cifar(str(tmp_path / 'data'), n_train=48, n_test=8)
+    fakedata.write_cifar(str(tmp_path / 'data'), n_train=32, n_test=8)
     args = ['--dataset', 'cifar10', '--data_root', str(tmp_path / 'data'), '--arch', 'resnet18', '--feature_dim', '16',
-            '--batch_size', '8', '--subset', '48', '--epochs', '2', '--visuals', 'false', '--workers', '0', '--knn_every', '0',
+            '--batch_size', '8', '--subset', '32', '--epochs', '2', '--visuals', 'false', '--workers', '0', '--knn_every', '0',
             '--save_every', '0', '--k', '5', '--lr', '0.001', '--lmbda', '0.0078125', '--is_mixup', 'true',
             '--seed', '4']
     straight = torchrun(args, tmp_path / 'a', 'r')
