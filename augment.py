@@ -101,6 +101,12 @@ def eval_images(name, data):
     return np.stack([np.asarray(geometry(Image.fromarray(im))) for im in data.images])
 
 
+def eval_split(name, data):
+    """(uint8 images at the evaluation size, labels) of ArrayData `data`: what the kNN monitor and
+    the visuals take."""
+    return eval_images(name, data), data.labels
+
+
 class MultiView:
     """Apply each transform to the same image: returns a tuple of views."""
 

@@ -24,12 +24,27 @@ class NonFiniteState(MixBTError):
 
 
 # ---------------------------------------------------------------------------- writing
-def non_finite_entries(obj, prefix=''):
-    """Names of the floating-point tensors in `obj` (nested dicts/lists) that hold inf or NaN."""
+def _floating_tensors(obj, prefix=''):
     if isinstance(obj, torch.Tensor):
-        return [prefix or 'tensor'] if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else []
+        if obj.is_floating_point():
+            yield prefix or 'tensor', obj
+        return
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
-    return [name for k, v in items for name in non_finite_entries(v, f'{prefix}.{k}' if prefix else str(k))]
+    for k, v in items:
+        yield from _floating_tensors(v, f'{prefix}.{k}' if prefix else str(k))
+
+
+def non_finite_entries(obj):
+    """Names of the floating-point tensors in `obj` (nested dicts/lists) that hold inf or NaN. One
+    host sync per device, not one per tensor."""
+    by_device = {}
+    for name, t in _floating_tensors(obj):
+        by_device.setdefault(t.device, []).append((name, t))
+    bad = []
+    for pairs in by_device.values():
+        finite = torch.stack([torch.isfinite(t).all() for _, t in pairs]).tolist()
+        bad += [name for (name, _), ok in zip(pairs, finite) if not ok]
+    return bad
 
 
 def _free_space(folder):
@@ -40,12 +55,13 @@ def _free_space(folder):
         return None
 
 
-def atomic_save(obj, path):
+def atomic_save(obj, path, checked_finite=False):
     """torch.save to a temporary file in the same folder, fsync, then rename over `path`: a kill
     at any moment leaves either the old file or the new one, never a torn file. A state with a
     non-finite tensor is never written (NonFiniteState names it); a failed write removes its
-    temporary file and says why (no space left, permissions...), with the old file intact."""
-    bad = non_finite_entries(obj)
+    temporary file and says why (no space left, permissions...), with the old file intact.
+    `checked_finite`: the caller has just checked every tensor of `obj` (non_finite_entries)."""
+    bad = [] if checked_finite else non_finite_entries(obj)
     if bad:
         raise NonFiniteState(f'not writing {path}: {", ".join(bad[:5])}{" ..." if len(bad) > 5 else ""} '
                              f'{"is" if len(bad) == 1 else "are"} not finite')

@@ -441,6 +441,17 @@ def select_pipeline(name, pipeline='mixbt'):
     raise MixBTError(f'unknown --pipeline {pipeline!r}; choose one of {list(PIPELINES)}')
 
 
+def load_splits(name, root, splits, subset=0, **kwargs):
+    """ArrayData of each of `splits` (a split named twice is read once), each cut to its first
+    `subset` images when given; kwargs go to load()."""
+    loaded = {}
+    for split in splits:
+        if split not in loaded:
+            d = load(name, root, split, **kwargs)
+            loaded[split] = ArrayData(d.images[:subset], d.labels[:subset], d.classes) if subset else d
+    return [loaded[split] for split in splits]
+
+
 def load(name, root='data', split='train', download=False, workers=0, skip_bad=False):
     """The `split` of in-memory data set `name` as ArrayData; skip_bad: leave out unreadable image files."""
     if name not in SPECS:

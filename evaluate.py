@@ -148,14 +148,8 @@ def run_knn(args, device):
     """{'top1', 'top5', ...} of the kNN monitor, as main.py runs it (main.load_data)."""
     backbone = load_backbone(args.model_path, args.dataset, args.arch)[0]
     spec = datasets.SPECS[args.dataset]
-    _, memory_split, test_split = spec.splits
-    splits = []
-    for split in (memory_split, test_split):
-        d = datasets.load(args.dataset, args.data_root, split, workers=args.workers)
-        if args.subset:
-            d = datasets.ArrayData(d.images[:args.subset], d.labels[:args.subset], d.classes)
-        splits.append((augment.eval_images(args.dataset, d), d.labels))
-    memory, test = splits
+    memory, test = [augment.eval_split(args.dataset, d) for d in
+                    datasets.load_splits(args.dataset, args.data_root, spec.splits[1:], args.subset, workers=args.workers)]
     backbone.to(device)
     if args.channels_last:
         backbone.to(memory_format=torch.channels_last)

@@ -73,14 +73,9 @@ def topk_accuracy(scores, labels, ks=(1, 5)):
 def knn_monitor(backbone, memory, test, mean, std, num_classes, device, k=200, temperature=0.5,
                 batch_size=512, autocast_dtype=None, channels_last=False):
     """(top1, top5) of weighted kNN: memory/test are (uint8 images, int64 labels)."""
-    bank = embed_images(backbone, memory[0], mean, std, device, batch_size, autocast_dtype, channels_last,
-                        'kNN memory bank')
-    feats = embed_images(backbone, test[0], mean, std, device, batch_size, autocast_dtype, channels_last,
-                         'kNN test set')
-    bank_labels = torch.as_tensor(memory[1], device=device)
-    test_labels = torch.as_tensor(test[1], device=device)
-    scores = weighted_knn_scores(feats, bank, bank_labels, num_classes, k, temperature)
-    return topk_accuracy(scores, test_labels)
+    out = knn_metrics(backbone, memory, test, mean, std, num_classes, device, k, temperature, batch_size=batch_size,
+                      autocast_dtype=autocast_dtype, channels_last=channels_last)
+    return out['knn_top1'], out['knn_top5']
 
 
 # The W-MSE code's k-NN (eval/knn.py, called with its --knn default 5), and its column in the CSV.

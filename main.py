@@ -83,24 +83,15 @@ def load_data(args):
     spec = datasets.SPECS[args.dataset]
     if not spec.in_memory:
         return None, None, None
-    ssl_split, memory_split, test_split = spec.splits
-    load = lambda split: datasets.load(args.dataset, args.data_root, split, download=args.download and D.is_main(),
-                                       workers=args.workers, skip_bad=args.skip_bad_images)
     if args.download and D.world_size() > 1:  # rank 0 downloads, the others wait
         if D.is_main():
-            load(ssl_split)
+            datasets.load(args.dataset, args.data_root, spec.splits[0], download=True, workers=args.workers,
+                          skip_bad=args.skip_bad_images)
         D.barrier()
-    train = load(ssl_split)
-    memory = train if memory_split == ssl_split else load(memory_split)
-    test = load(test_split)
-    if args.subset:
-        train, memory, test = [datasets.ArrayData(d.images[:args.subset], d.labels[:args.subset], d.classes)
-                               for d in (train, memory, test)]
-        if memory_split == ssl_split:
-            memory = train
-    memory = (augment.eval_images(args.dataset, memory), memory.labels)
-    test = (augment.eval_images(args.dataset, test), test.labels)
-    return train, memory, test
+    train, memory, test = datasets.load_splits(args.dataset, args.data_root, spec.splits, args.subset,
+                                               download=args.download and D.is_main(), workers=args.workers,
+                                               skip_bad=args.skip_bad_images)
+    return train, augment.eval_split(args.dataset, memory), augment.eval_split(args.dataset, test)
 
 
 # ---------------------------------------------------------------------------- optimisation
@@ -402,7 +393,7 @@ def train_run(args, device, folder, saved, schedule_changes, train, memory, test
                 if memory is None and last:
                     atomic_save(model.state_dict(), model_path)
                 state.update(best_acc=best, history=log.history)
-                atomic_save(state, state_path)
+                atomic_save(state, state_path, checked_finite=True)  # checked after the epoch, above
             del state
             D.barrier()
 

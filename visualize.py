@@ -249,16 +249,8 @@ def load_eval_data(dataset, root, subset=0, download=False, workers=0):
     if not spec.in_memory:
         raise MixBTError(f'visualize.py shows the in-memory data sets ({", ".join(datasets.IN_MEMORY)}); '
                          f'pass --dataset with one of them')
-    _, memory_split, test_split = spec.splits
-    out = []
-    for split in (memory_split, test_split):
-        d = datasets.load(dataset, root, split, download=download, workers=workers)
-        if subset:
-            d = datasets.ArrayData(d.images[:subset], d.labels[:subset], d.classes)
-        out.append(d)
-    memory, test = out
-    return (augment.eval_images(dataset, memory), memory.labels), (augment.eval_images(dataset, test), test.labels), \
-        list(memory.classes)
+    memory, test = datasets.load_splits(dataset, root, spec.splits[1:], subset, download=download, workers=workers)
+    return augment.eval_split(dataset, memory), augment.eval_split(dataset, test), list(memory.classes)
 
 
 def get_args(argv=None):
