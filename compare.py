@@ -17,7 +17,7 @@ import math
 import os
 import sys
 
-from errors import MixBTError
+from mixbt.errors import MixBTError
 
 # Where and how fast a run ran, not what it is: never used to tell runs apart.
 NOT_SETTINGS = {'run_name', 'resume', 'results_dir', 'data_root', 'workers', 'gpu', 'log_every', 'download',

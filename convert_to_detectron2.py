@@ -11,7 +11,7 @@ import argparse
 import pickle
 import sys
 
-from checkpoints import CheckpointError, load_backbone
+from mixbt.checkpoints import CheckpointError, load_backbone
 
 
 def detectron2_key(key):

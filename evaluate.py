@@ -29,18 +29,18 @@ import time
 
 import torch
 
-import augment
-import data as datasets
-import distributed as D
-import knn
+from mixbt import augment
+from mixbt import data as datasets
+from mixbt import distributed as D
+from mixbt import knn
 import linear
 import transfer
-from checkpoints import load_backbone, resolve_dataset_arg
-from errors import MixBTError
+from mixbt.checkpoints import load_backbone, resolve_dataset_arg
+from mixbt.errors import MixBTError
 from main import format_time
-from runs import Lock, check_identity, check_writable
-from transfer_data import TRANSFER, load_transfer
-from utils import autocast_dtype, run_command
+from mixbt.runs import Lock, check_identity, check_writable
+from mixbt.transfer_data import TRANSFER, load_transfer
+from mixbt.runtime import autocast_dtype, run_command
 
 # Settings that may change between two runs on one evaluation folder: where things are and how
 # fast they run, and which transfer sets are tried; not what a finished part computed.

@@ -14,7 +14,7 @@ import os
 import torch
 import torch.nn as nn
 
-from errors import MixBTError
+from mixbt.errors import MixBTError
 
 dependencies = ['torch', 'torchvision']
 
@@ -61,7 +61,7 @@ def released_url(arch, dataset, variant=None):
 
 
 def _load_state(weights):
-    from checkpoints import read_checkpoint
+    from mixbt.checkpoints import read_checkpoint
     if os.path.isfile(weights):
         return read_checkpoint(weights)
     if weights.startswith(('http://', 'https://')):
@@ -75,9 +75,9 @@ def _load_state(weights):
 
 
 def _backbone(arch, dataset, pretrained, weights, variant):
-    from checkpoints import load_backbone
-    from data import SPECS
-    from model import resnet, small_backbone
+    from mixbt.checkpoints import load_backbone
+    from mixbt.data import SPECS
+    from mixbt.nets import resnet, small_backbone
     if not pretrained and weights is None:
         if dataset == 'imagenet':
             net = resnet(arch)
@@ -99,7 +99,7 @@ def resnet50(pretrained=True, **kwargs):
     trained: the release has none), holding the official Barlow Twins weights. Every other key
     is checked. kwargs go to torchvision's constructor. The Mix-BT weights: mixbt_resnet50."""
     from torchvision.models import resnet50 as torchvision_resnet50
-    from checkpoints import CheckpointError, _unwrap, compare_state
+    from mixbt.checkpoints import CheckpointError, _unwrap, compare_state
     model = torchvision_resnet50(**kwargs)
     if pretrained:
         state = _unwrap(_load_state(OFFICIAL_BT_URL))

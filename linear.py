@@ -16,14 +16,14 @@ import urllib.request
 
 import torch
 
-import augment
-import data as datasets
-import distributed as D
-from checkpoints import load_backbone, resolve_dataset_arg
-from errors import MixBTError
-from runs import check_writable
-from probe import Probe, fit, folder_held, frozen_probe, image_batches, open_run, wrap_ddp
-from utils import autocast_dtype, grad_scaler, run_command, seed_everything
+from mixbt import augment
+from mixbt import data as datasets
+from mixbt import distributed as D
+from mixbt.checkpoints import load_backbone, resolve_dataset_arg
+from mixbt.errors import MixBTError
+from mixbt.runs import check_writable
+from mixbt.probe import Probe, fit, folder_held, frozen_probe, image_batches, open_run, wrap_ddp
+from mixbt.runtime import autocast_dtype, grad_scaler, run_command, seed_everything
 
 SIMCLR_SUBSETS = 'https://raw.githubusercontent.com/google-research/simclr/master/imagenet_subsets/{}percent.txt'
 

@@ -16,20 +16,21 @@ import time
 import torch
 from tqdm import tqdm
 
-import data as datasets
-import distributed as D
-import knn
-import probe
+from mixbt import data as datasets
+from mixbt import distributed as D
+from mixbt import knn
+from mixbt import probe
 import visualize
-from checkpoints import atomic_save, load_strict, non_finite_entries
-from errors import MixBTError
-from config import get_args, print_config
-from methods import METHODS, Progress, method_schedule_keys
-from model import build_model, plain_batchnorm, sync_batchnorm
-from runlog import RunLog
-from runs import RunFolder, check_identity, check_writable
-from utils import LARS, autocast_dtype, backward_step, grad_scaler, warmup_cosine_factor, install_requeue_handler, \
-    rng_state, run_command, seed_everything, set_lr, set_rng_state, step_factor
+from mixbt.checkpoints import atomic_save, load_strict, non_finite_entries
+from mixbt.errors import MixBTError
+from mixbt.config import get_args, print_config
+from mixbt.methods import METHODS, Progress, method_schedule_keys
+from model import build_model
+from mixbt.nets import plain_batchnorm, sync_batchnorm
+from mixbt.runlog import RunLog
+from mixbt.runs import RunFolder, check_identity, check_writable
+from utils import LARS, warmup_cosine_factor, set_lr, step_factor
+from mixbt.runtime import autocast_dtype, backward_step, grad_scaler, install_requeue_handler, rng_state, run_command, seed_everything, set_rng_state
 
 
 class NonFiniteLoss(MixBTError):
@@ -41,7 +42,7 @@ class CPUViews:
     """torchvision/PIL views in DataLoader workers; every rank takes its slice of each global batch."""
 
     def __init__(self, args, train, n_views, device):
-        import augment
+        from mixbt import augment
         views = augment.ssl_views(args.dataset, args.image_size, args.pipeline)
         transform = augment.MultiView([views[i % len(views)] for i in range(n_views)])
         if args.dataset == 'imagenet':
@@ -72,14 +73,14 @@ class CPUViews:
 
 def build_train_views(args, train, n_views, device):
     if args.aug == 'gpu':
-        from gpu_augment import DeviceViews
+        from mixbt.gpu_augment import DeviceViews
         return DeviceViews(args, train, n_views, device)
     return CPUViews(args, train, n_views, device)
 
 
 def load_data(args):
     """(SSL training data, kNN memory (images, labels), kNN test (images, labels)); ImageNet: (None, None, None)."""
-    import augment
+    from mixbt import augment
     spec = datasets.SPECS[args.dataset]
     if not spec.in_memory:
         return None, None, None

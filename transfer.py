@@ -15,14 +15,14 @@ import os
 import torch
 from torchvision import transforms as T
 
-import data as datasets
-import distributed as D
-from checkpoints import load_backbone, resolve_dataset_arg
-from errors import MixBTError
-from runs import check_writable
-from probe import frozen_probe
-from transfer_data import TRANSFER, load_transfer
-from utils import autocast_dtype, run_command, seed_everything
+from mixbt import data as datasets
+from mixbt import distributed as D
+from mixbt.checkpoints import load_backbone, resolve_dataset_arg
+from mixbt.errors import MixBTError
+from mixbt.runs import check_writable
+from mixbt.probe import frozen_probe
+from mixbt.transfer_data import TRANSFER, load_transfer
+from mixbt.runtime import autocast_dtype, run_command, seed_everything
 
 
 def get_args(argv=None):

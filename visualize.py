@@ -16,11 +16,11 @@ import sys
 import numpy as np
 import torch
 
-import augment
-import data as datasets
-import distributed as D
-from errors import MixBTError
-from knn import embed_images
+from mixbt import augment
+from mixbt import data as datasets
+from mixbt import distributed as D
+from mixbt.errors import MixBTError
+from mixbt.knn import embed_images
 
 QUERIES, NEIGHBOURS = 10, 8
 TILE, FRAME, GAP = 64, 4, 12     # image side, frame width, space between the query and its neighbours (px)
@@ -254,7 +254,7 @@ def load_eval_data(dataset, root, subset=0, download=False, workers=0):
 
 
 def get_args(argv=None):
-    from checkpoints import resolve_dataset_arg
+    from mixbt.checkpoints import resolve_dataset_arg
     p = argparse.ArgumentParser(description='Nearest-neighbour retrievals and a 2-D embedding map of a checkpoint',
                                 allow_abbrev=False)
     a = p.add_argument
@@ -278,7 +278,7 @@ def get_args(argv=None):
 
 
 def main(argv=None):
-    from checkpoints import load_backbone
+    from mixbt.checkpoints import load_backbone
     args = get_args(argv)
     device = D.init_distributed(args.gpu)
     backbone, _, _ = load_backbone(args.model_path, args.dataset)
@@ -294,5 +294,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from utils import run_command
+    from mixbt.runtime import run_command
     run_command(lambda: main())

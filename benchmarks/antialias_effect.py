@@ -1,8 +1,8 @@
 """What antialiasing changes in the on-device views (gpu_augment), i.e. why they resample with
 PIL's kernels rather than torch's interpolate/grid_sample, which do not antialias.
 
-    python benchmarks/antialias_effect.py                       # STL-10 recipe, crops of a photo
-    python benchmarks/antialias_effect.py --data_root data      # the real STL-10 images when present
+    python3 -m benchmarks.antialias_effect                       # STL-10 recipe, crops of a photo
+    python3 -m benchmarks.antialias_effect --data_root data      # the real STL-10 images when present
 
 Geometry only (colour jitter and grayscale off), --n crops with the data set's recipe, each
 resampled three ways: gpu_augment.apply_params (PIL's antialiased kernels, uint8 after each pass),
@@ -15,15 +15,14 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchvision.transforms.functional as TF  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import data as datasets  # noqa: E402
-import gpu_augment as G  # noqa: E402
+from mixbt import data as datasets  # noqa: E402
+from mixbt import gpu_augment as G  # noqa: E402
 
 INTERP = {'bilinear': TF.InterpolationMode.BILINEAR, 'bicubic': TF.InterpolationMode.BICUBIC}
 SOURCE = {'stl10': 96, 'tiny_imagenet': 64, 'cifar10': 32, 'cifar100': 32, 'fashionmnist': 32}

@@ -1,9 +1,9 @@
 """The Python half of benchmarks/gpu_check.sh: size the Fashion-MNIST run to the time left, and
 write summary.json with its one-line summary.
 
-    python benchmarks/gpu_check.py plan --throughput OUT/throughput.json --seconds 300 [--subset N] [--batch 256]
+    python3 -m benchmarks.gpu_check plan --throughput OUT/throughput.json --seconds 300 [--subset N] [--batch 256]
         prints: EPOCHS KNN_EVERY IMAGES_PER_S (the rate the plan used)
-    python benchmarks/gpu_check.py summarize --out OUT [--stage name=status:rc:seconds ...] [--plan E K R]
+    python3 -m benchmarks.gpu_check summarize --out OUT [--stage name=status:rc:seconds ...] [--plan E K R]
         writes OUT/summary.json, prints the one-line summary
 
 Reads only what the stages wrote: a stage that failed leaves its keys null, the others still count.

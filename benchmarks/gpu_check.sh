@@ -53,7 +53,7 @@ summarize() {
   local s
   for s in "${stages[@]}"; do args+=(--stage "$s"); done
   [ ${#plan[@]} -eq 3 ] && args+=(--plan "${plan[@]}")
-  "$PYTHON" benchmarks/gpu_check.py summarize "${args[@]}" 2>>"$OUT/env.log" || echo "gpu_check: summary failed"
+  "$PYTHON" -m benchmarks.gpu_check summarize "${args[@]}" 2>>"$OUT/env.log" || echo "gpu_check: summary failed"
 }
 
 # run_stage NAME LIMIT_S LOG CMD...: CMD under `timeout`, its output in LOG; records NAME=status:rc:seconds.
@@ -102,7 +102,7 @@ fi
 limit=$(( $(left) - margin < bench_limit ? $(left) - margin : bench_limit ))
 read -r -a extra <<<"$bench_args"
 run_stage throughput "$limit" "$OUT/throughput.log" \
-  "$PYTHON" benchmarks/throughput.py "${bench_defaults[@]}" --rounds 3 --data_root "$data_root" \
+  "$PYTHON" -m benchmarks.throughput "${bench_defaults[@]}" --rounds 3 --data_root "$data_root" \
   --out "$OUT/throughput.json" "${extra[@]}"
 tr '\r' '\n' <"$OUT/throughput.log" | grep -E '^ *(round [0-9]+/|median of)' | sed 's/^ *//' || true
 summarize >/dev/null
@@ -117,7 +117,7 @@ limit=$(( $(left) - margin ))
 if [ -n "$epochs" ]; then
   plan=("$epochs" "$(( (epochs + 9) / 10 ))" 0)
 else
-  read -r -a plan <<<"$("$PYTHON" benchmarks/gpu_check.py plan --throughput "$OUT/throughput.json" \
+  read -r -a plan <<<"$("$PYTHON" -m benchmarks.gpu_check plan --throughput "$OUT/throughput.json" \
     --fallback_rate "$fallback_rate" --seconds "$limit" --subset "$subset" --batch "$batch" \
     --max_epochs "$max_epochs" 2>>"$OUT/env.log" || echo 1 1 0)"
   tail -n 1 "$OUT/env.log"

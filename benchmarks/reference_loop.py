@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import augment
+from mixbt import augment
 
 REFERENCE_WORKERS = 16  # the reference's DataLoader(num_workers=16, pin_memory=True) on its GPUs
 

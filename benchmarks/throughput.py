@@ -1,8 +1,8 @@
 """Throughput of the data path and of whole Mix-BT training steps, reference-style vs ours.
 
-    python benchmarks/throughput.py                          # CUDA: ResNet-18, batch 256, 32x32
-    python benchmarks/throughput.py --device cpu --small     # a quick CPU run
-    python benchmarks/throughput.py --compile                # ours with torch.compile
+    python3 -m benchmarks.throughput                          # CUDA: ResNet-18, batch 256, 32x32
+    python3 -m benchmarks.throughput --device cpu --small     # a quick CPU run
+    python3 -m benchmarks.throughput --compile                # ours with torch.compile
 
 Prints one JSON object on stdout (images/s count images, each delivered as its two views), and
 one line per round on stderr:
@@ -30,19 +30,17 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import data as datasets  # noqa: E402
-import gpu_augment  # noqa: E402
+from mixbt import data as datasets  # noqa: E402
+from mixbt import gpu_augment  # noqa: E402
 import main  # noqa: E402
-import reference_loop  # noqa: E402
-from methods import METHODS, Progress  # noqa: E402
+from benchmarks import reference_loop  # noqa: E402
+from mixbt.methods import METHODS, Progress  # noqa: E402
 from model import build_model  # noqa: E402
-from utils import autocast_dtype, grad_scaler  # noqa: E402
+from mixbt.runtime import autocast_dtype, grad_scaler  # noqa: E402
 
 CPU_WORKERS = 2  # this benchmark's CPU setting from the start: the reference itself never ran on a CPU
 

@@ -1,8 +1,8 @@
 """Run a wandb sweep's grid without wandb, point by point, through a launch script.
 
-    python sweeps/grid.py sweeps/mixbt_resnet18_cifar10_lmbda_s.yaml             # run, or continue, the grid
-    python sweeps/grid.py sweeps/mixbt_resnet18_cifar10_lmbda_s.yaml --dry_run   # the points and which are done
-    EPOCHS=100 python sweeps/grid.py sweeps/<file>.yaml -- --seed 1               # script overrides, main.py flags
+    python3 -m sweeps.grid sweeps/mixbt_resnet18_cifar10_lmbda_s.yaml             # run, or continue, the grid
+    python3 -m sweeps.grid sweeps/mixbt_resnet18_cifar10_lmbda_s.yaml --dry_run   # the points and which are done
+    EPOCHS=100 python3 -m sweeps.grid sweeps/<file>.yaml -- --seed 1               # script overrides, main.py flags
 
 Each point runs `bash <script> [flags after --] --run_name <name>`, the swept values set through the
 script's own environment overrides (lmbda -> LMBDA, mixup_loss_scale -> MIXUP_LOSS_SCALE, is_mixup ->
@@ -22,10 +22,9 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 import compare  # noqa: E402
-from errors import MixBTError  # noqa: E402
+from mixbt.errors import MixBTError  # noqa: E402
 
 NAME_PART = {'lmbda': 'lmbda', 'mixup_loss_scale': 's', 'is_mixup': 'mixup', 'feature_dim': 'd',
              'batch_size': 'batch', 'epochs': 'ep'}

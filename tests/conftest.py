@@ -5,7 +5,7 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+
 os.environ.setdefault('WANDB_MODE', 'disabled')
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -31,7 +31,7 @@ TINY_METHOD_FLAGS = {
 def build_method(name, model, fuse=True, batch_size=6, extra=()):
     """methods.METHODS[name] on `model`, configured as main.py configures it (tiny flags)."""
     import main
-    import methods
+    from mixbt import methods
     args = main.get_args(['--method', name, '--batch_size', str(batch_size), '--fuse_views', str(fuse).lower(),
                           *TINY_METHOD_FLAGS.get(name, []), *extra])
     return methods.METHODS[name].build(args, model)

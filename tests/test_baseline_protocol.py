@@ -19,13 +19,13 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-import augment
-import data
+from mixbt import augment
+from mixbt import data
 import fakedata
-import knn
+from mixbt import knn
 import main
-import probe
-from errors import MixBTError
+from mixbt import probe
+from mixbt.errors import MixBTError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WMSE_SETS = ('cifar10', 'cifar100', 'stl10', 'tiny_imagenet')
@@ -310,7 +310,7 @@ def test_training_views_and_monitor_normalise_alike(pipeline, fake_root, tmp_pat
 
 def test_on_device_views_take_the_pipelines_recipe_and_normalisation():
     import argparse
-    import gpu_augment
+    from mixbt import gpu_augment
     train = data.ArrayData(np.zeros((8, 32, 32, 3), np.uint8), np.zeros(8, np.int64), ['a'])
     for pipeline in data.PIPELINES:
         args = argparse.Namespace(dataset='cifar100', pipeline=pipeline, seed=0, batch_size=4, channels_last=False)

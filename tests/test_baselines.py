@@ -16,13 +16,14 @@ import torch
 import torch.nn as nn
 
 import fakedata
-import losses
+from mixbt import losses
 import main
-import methods
-import checkpoints as C
+from mixbt import methods
+from mixbt import checkpoints as C
 import model as M
+from mixbt import nets
 from conftest import build_method
-from errors import MixBTError
+from mixbt.errors import MixBTError
 
 
 def randn(*shape, seed=0, grad=True):
@@ -262,8 +263,8 @@ class TinyModel(nn.Module):
 
     def __init__(self, emb=6):
         super().__init__()
-        self.f = nn.Sequential(nn.Conv2d(3, 4, 3), M.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
-        self.g = M.mlp([4, 8, emb])
+        self.f = nn.Sequential(nn.Conv2d(3, 4, 3), nets.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.g = nets.mlp([4, 8, emb])
 
     def features(self, x):
         return self.f(x).flatten(1)
@@ -414,7 +415,7 @@ WORKER = CASES + textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
     import torch, torch.distributed as dist
-    import losses
+    from mixbt import losses
     dist.init_process_group('gloo')
     rank, world = dist.get_rank(), dist.get_world_size()
     out = {}
@@ -425,7 +426,7 @@ WORKER = CASES + textwrap.dedent("""
         value.backward()
         out[name] = (value.detach(), [x.grad for x in local])
     torch.save(out, sys.argv[2] + f'.{rank}')
-    import distributed
+    from mixbt import distributed
     distributed.cleanup()  # an exit with live gloo groups can abort ('terminate called without an active exception')
 """)
 

@@ -6,8 +6,9 @@ target and predictor, SimCLR's bn_last and the permutations drawn on every rank.
 import pytest
 import torch
 
-import methods
+from mixbt import methods
 import model as M
+from mixbt import nets
 from test_distributed import WORLD, run_two_processes
 
 pytestmark = pytest.mark.slow  # several real processes
@@ -43,7 +44,7 @@ def _methods_worker(rank):
     shard = slice(rank * B // WORLD, (rank + 1) * B // WORLD)
     out = {}
     for name in CASES:
-        method = M.sync_batchnorm(build(name), torch.device('cpu'))
+        method = nets.sync_batchnorm(build(name), torch.device('cpu'))
         method.configure_bn()
         ddp = torch.nn.parallel.DistributedDataParallel(method)
         loss, _ = ddp([v[shard] for v in views()])

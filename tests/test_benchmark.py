@@ -17,15 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-import utils
+from mixbt import runtime as utils
 
 
 def load(repo_root, name):
-    sys.path.insert(0, os.path.join(repo_root, 'benchmarks'))
-    spec = importlib.util.spec_from_file_location(name, os.path.join(repo_root, 'benchmarks', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f'benchmarks.{name}')
 
 
 @pytest.fixture
@@ -41,7 +37,7 @@ def check(repo_root):
 @pytest.mark.slow
 def test_throughput_benchmark_prints_one_json_object_with_positive_rates(repo_root, tmp_path):
     out_file = tmp_path / 'throughput.json'
-    cmd = [sys.executable, os.path.join('benchmarks', 'throughput.py'), '--device', 'cpu', '--batch_size', '4',
+    cmd = [sys.executable, '-m', 'benchmarks.throughput', '--device', 'cpu', '--batch_size', '4',
            '--steps', '1', '--warmup', '1', '--workers', '1', '--threads', '1', '--feature_dim', '32',
            '--rounds', '1', '--data_root', os.path.join(repo_root, 'no-data-here'), '--out', str(out_file)]
     proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300,
@@ -128,7 +124,7 @@ def test_reference_workers_default_to_the_references_16_on_cuda(bench, monkeypat
 
 
 def test_reference_loader_is_the_references(bench, repo_root):
-    import reference_loop
+    from benchmarks import reference_loop
     args = bench.get_args(['--device', 'cpu', '--batch_size', '4', '--feature_dim', '32'])
     train, _ = bench.training_set(args, 10)
     loader = reference_loop.reference_loader(bench.trainer_args(args, ours=False), train, torch.device('cpu'), 1)
@@ -142,8 +138,8 @@ def test_reference_loader_is_the_references(bench, repo_root):
 def test_reference_loop_computes_the_mixbt_loss_of_our_method(bench):
     """The baseline does the same work as ours: for equal weights, views, alpha and permutation, the
     reference's inline loss (six cross-correlations) equals methods.MixBT's, unfused."""
-    import reference_loop
-    from methods import METHODS
+    from benchmarks import reference_loop
+    from mixbt.methods import METHODS
     from model import build_model
     args = bench.get_args(['--device', 'cpu', '--batch_size', '4', '--feature_dim', '16'])
     targs = bench.trainer_args(args, ours=False)

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 import compare
-import runlog
-from errors import MixBTError
+from mixbt import runlog
+from mixbt.errors import MixBTError
 
 ARGS = {'dataset': 'cifar10', 'arch': 'resnet18', 'feature_dim': 1024, 'temperature': 0.5, 'k': 200,
         'batch_size': 256, 'epochs': 3, 'lr': 0.01, 'lr_shed': 'cosine', 'lmbda': 0.0078125, 'corr_neg_one': False,

@@ -7,10 +7,10 @@ import torch
 import torchvision
 from PIL import Image
 
-import augment
-import data
+from mixbt import augment
+from mixbt import data
 import fakedata
-from errors import MixBTError
+from mixbt.errors import MixBTError
 
 
 @pytest.mark.parametrize('name', ['cifar10', 'cifar100'])

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-import data
+from mixbt import data
 import fakedata
-from errors import MixBTError
+from mixbt.errors import MixBTError
 
 
 def one_line_error(excinfo, *needles):

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import distributed as D
-import losses
+from mixbt import distributed as D
+from mixbt import losses
 
 pytestmark = pytest.mark.slow  # several real processes
 
@@ -126,7 +126,7 @@ def method_inputs():
 
 def build_method(fuse=True):
     import model as M
-    from methods import BarlowTwins
+    from mixbt.methods import BarlowTwins
     torch.manual_seed(0)
     net = M.Model(feature_dim=16, arch='resnet18', maxpool=False).double()
     return BarlowTwins(net, lmbda=0.0078125, is_mixup=True, mixup_loss_scale=4.0, seed=0, fuse_views=fuse)
@@ -134,9 +134,10 @@ def build_method(fuse=True):
 
 def _method_worker(rank, fuse):
     import model as M
+    from mixbt import nets
     views, perms = method_inputs()
     method = build_method(fuse)
-    method = M.sync_batchnorm(method, torch.device('cpu'))
+    method = nets.sync_batchnorm(method, torch.device('cpu'))
     method.configure_bn()
     method.draw_mixup = lambda n, device: (0.3, perms[rank])
     ddp = torch.nn.parallel.DistributedDataParallel(method)
@@ -167,14 +168,14 @@ def test_two_process_mixbt_method_equals_single_process_full_batch(fuse):
 
 # ------------------------------------------------------------------ kNN features
 def _knn_worker(rank):
-    import knn
+    from mixbt import knn
     g = torch.Generator().manual_seed(2)
     images = torch.randint(0, 256, (11, 4, 4, 3), generator=g, dtype=torch.uint8)
     return knn.embed_images(torch.nn.Flatten(), images, (0.5,) * 3, (0.2,) * 3, torch.device('cpu'), batch_size=2)
 
 
 def test_knn_features_gathered_across_ranks_in_order():
-    import knn
+    from mixbt import knn
     g = torch.Generator().manual_seed(2)
     images = torch.randint(0, 256, (11, 4, 4, 3), generator=g, dtype=torch.uint8)
     expected = knn.embed_images(torch.nn.Flatten(), images, (0.5,) * 3, (0.2,) * 3, torch.device('cpu'))

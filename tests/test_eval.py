@@ -11,10 +11,10 @@ import torchvision
 
 import fakedata
 import linear
-import probe
-import checkpoints as C
-from errors import MixBTError
-import data
+from mixbt import probe
+from mixbt import checkpoints as C
+from mixbt.errors import MixBTError
+from mixbt import data
 import model as M
 
 
@@ -69,7 +69,7 @@ def test_linear_evaluates_released_checkpoint_with_every_weight_and_frozen_backb
 
 def kill_in_second_epoch(monkeypatch):
     """Make probe.run_epoch raise in the second training epoch (calls: train 1, test 1, train 2)."""
-    import probe
+    from mixbt import probe
     real, calls = probe.run_epoch, []
 
     def killed(*a, **k):
@@ -111,7 +111,7 @@ def test_linear_resume_after_kill_continues_identically(tmp_path, monkeypatch, h
 
 def test_probe_run_folder_is_fixed_on_slurm(monkeypatch):
     import argparse
-    import runs
+    from mixbt import runs
     args = argparse.Namespace(run_name=None)
     monkeypatch.delenv('SLURM_JOB_ID', raising=False)
     assert runs.fixed_name(args, 'm_linear') is None  # a new random folder each launch
@@ -121,8 +121,8 @@ def test_probe_run_folder_is_fixed_on_slurm(monkeypatch):
 
 
 def test_feature_batches_give_every_rank_every_step_and_lose_no_sample(monkeypatch):
-    import distributed as D
-    import probe
+    from mixbt import distributed as D
+    from mixbt import probe
     features, labels = torch.arange(21.0)[:, None], torch.arange(21)
     monkeypatch.setattr(D, 'world_size', lambda: 2)
     parts = []
@@ -141,7 +141,7 @@ def test_fp16_probe_trains_with_a_grad_scaler_and_resumes_it(tmp_path, monkeypat
     """--precision fp16 (or auto on a GPU without bf16): a GradScaler scales the loss, and its
     state is saved and restored with the run. (On the CPU the scaler runs on fp32 autocast-free
     training: float16 convolutions on the CPU are too slow for a test.)"""
-    from utils import grad_scaler
+    from mixbt.runtime import grad_scaler
     cpu = torch.device('cpu')
     assert isinstance(grad_scaler(torch.float16, cpu), torch.amp.GradScaler)
     assert grad_scaler(torch.bfloat16, cpu) is None and grad_scaler(None, cpu) is None

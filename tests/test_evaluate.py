@@ -10,16 +10,16 @@ import sys
 import pytest
 import torch
 
-import augment
-import data
+from mixbt import augment
+from mixbt import data
 import evaluate
 import fake_transfer
 import fakedata
-import knn
+from mixbt import knn
 import linear
 import model as M
 import transfer
-from checkpoints import CheckpointError, load_backbone
+from mixbt.checkpoints import CheckpointError, load_backbone
 
 PRESENT = ['dtd', 'traffic_sign']
 MISSING = ['mnist', 'fashionmnist', 'cu_birds', 'vgg_flower', 'gtsrb', 'aircraft']
@@ -40,7 +40,7 @@ def released_checkpoint(folder, dataset='cifar10', arch='resnet18', feature_dim=
 @pytest.fixture(autouse=True)
 def no_plots(monkeypatch):
     """The probes' per-epoch matplotlib plot takes seconds on a busy CPU and is not what these tests check."""
-    import runlog
+    from mixbt import runlog
     monkeypatch.setattr(runlog.RunLog, 'plot', lambda self: None)
 
 
@@ -159,7 +159,7 @@ def test_table_holds_exactly_what_each_part_wrote_and_a_second_run_reruns_nothin
 @pytest.mark.slow
 def test_a_killed_evaluation_continues_where_it_stopped_and_a_set_that_arrives_later_is_evaluated(
         tmp_path, monkeypatch, capsys):
-    import probe
+    from mixbt import probe
     root = str(tmp_path / 'data')
     fakedata.write_cifar(root, 'cifar10', n_train=10, n_test=5)
     ckpt = released_checkpoint(str(tmp_path))

@@ -10,14 +10,14 @@ import sys
 import pytest
 import torch
 
-import checkpoints as C
+from mixbt import checkpoints as C
 import fakedata
 import linear
 import main
 import model as M
 import transfer
-from errors import MixBTError
-from utils import run_command
+from mixbt.errors import MixBTError
+from mixbt.runtime import run_command
 
 TINY = ['--visuals', 'false', '--dataset', 'cifar10', '--arch', 'resnet18', '--feature_dim', '16', '--batch_size', '8', '--subset', '16',
         '--workers', '0', '--knn_every', '0', '--save_every', '0', '--k', '5', '--lr', '0.001',
@@ -95,7 +95,7 @@ def test_a_second_process_on_the_same_run_folder_is_refused_with_the_holder(cifa
     folder.mkdir()
     model_path = str(tmp_path / 'm.pth')
     torch.save(M.Model(16, 'resnet18', False).state_dict(), model_path)
-    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time; sys.path.insert(0, "."); import runs; '
+    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time; sys.path.insert(0, "."); from mixbt import runs; '
                                f'runs.Lock({str(folder)!r}); print("locked", flush=True); time.sleep(60)'],
                               cwd=os.path.dirname(os.path.dirname(__file__)), stdout=subprocess.PIPE, text=True)
     try:

@@ -3,8 +3,13 @@ that recorded them (tests/golden/golden.json), for Mix-BT and two baselines.
 
 The record pins behaviour across refactors. Rewrite it only for a change of behaviour made on
 purpose, and say which in the commit:  MIXBT_GOLDEN_WRITE=1 python3 -m pytest tests/test_golden.py
-Values are compared to 1e-5 (relative): on the machine that recorded them the runs are bit-identical
-(MIXBT_GOLDEN_EXACT=1 also compares the sha256 of every tensor).
+Float kernels differ between CPU instruction sets (AVX2, AVX512) and torch builds, and two epochs
+of training turn their last-bit differences into about 1 % on a weight sum, so the record holds one
+entry per machine kind (`machine_kind()`). On a kind with an entry, values are compared to 1e-5
+(relative), and MIXBT_GOLDEN_EXACT=1 also compares the sha256 of every tensor (bit-identical on the
+machine that recorded them). On a kind without one, the structure (every tensor's name, shape and
+dtype, the CSV's columns and rows) is compared exactly and the losses to 15 %; record the kind with
+MIXBT_GOLDEN_WRITE=1 on the code before a refactor to compare it bit-exactly after.
 """
 import csv
 import glob
@@ -30,6 +35,10 @@ RUNS = {
              '--num_views', '4', '--lr', '0.003', '--lr_shed', 'step', '--warmup_steps', '2'],
 }
 VOLATILE = {'epoch_time', 'images_per_s', 'elapsed_s', 'eta_s'}  # wall-clock columns
+
+
+def machine_kind():
+    return f'{torch.backends.cpu.get_cpu_capability()} torch {torch.__version__}'
 
 
 def tensors(obj, prefix=''):
@@ -76,17 +85,24 @@ def cifar_root(tmp_path_factory):
 def test_same_seed_gives_recorded_weights_and_csv(method, cifar_root, tmp_path):
     run = main.main(COMMON + RUNS[method] + ['--data_root', cifar_root, '--results_dir', str(tmp_path)])
     got = fingerprint(run)
+    records = json.load(open(GOLDEN))['records'] if os.path.isfile(GOLDEN) else {}
     if os.environ.get('MIXBT_GOLDEN_WRITE') == '1':
-        record = json.load(open(GOLDEN)) if os.path.isfile(GOLDEN) else {}
-        record[method] = got
+        records.setdefault(machine_kind(), {})[method] = got
         os.makedirs(os.path.dirname(GOLDEN), exist_ok=True)
         with open(GOLDEN, 'w') as f:
-            json.dump(record, f, indent=1, sort_keys=True)
-        pytest.skip('golden record written')
-    want = json.load(open(GOLDEN))[method]
+            json.dump({'records': records}, f, indent=1, sort_keys=True)
+        pytest.skip(f'golden record written for {machine_kind()}')
+    if method in records.get(machine_kind(), {}):
+        compare_exactly(got, records[machine_kind()][method], os.environ.get('MIXBT_GOLDEN_EXACT') == '1')
+    else:
+        assert records, GOLDEN
+        for want in records.values():
+            compare_structure(got, want[method])
+
+
+def compare_exactly(got, want, exact):
     assert got['epoch'] == want['epoch']
     assert sorted(got['tensors']) == sorted(want['tensors'])
-    exact = os.environ.get('MIXBT_GOLDEN_EXACT') == '1'
     for name, w in want['tensors'].items():
         g = got['tensors'][name]
         assert (g['shape'], g['dtype']) == (w['shape'], w['dtype']), name
@@ -102,3 +118,15 @@ def test_same_seed_gives_recorded_weights_and_csv(method, cifar_root, tmp_path):
         assert set(w) <= set(g)
         for key, value in w.items():
             assert g[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def compare_structure(got, want):
+    """Another machine kind: what the run saved and logged, exactly; its losses, to 15 %."""
+    assert got['epoch'] == want['epoch']
+    assert {k: (v['shape'], v['dtype']) for k, v in got['tensors'].items()} == \
+        {k: (v['shape'], v['dtype']) for k, v in want['tensors'].items()}
+    assert [sorted(r) for r in got['csv']] == [sorted(r) for r in want['csv']]
+    for g, w in zip(got['csv'], want['csv']):
+        for key in w:
+            if key == 'epoch' or key.startswith('loss') and abs(w[key]) > 1e-3:
+                assert g[key] == pytest.approx(w[key], rel=0.15), key

@@ -17,10 +17,10 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-import augment
-import data
-import distributed as D
-import gpu_augment as G
+from mixbt import augment
+from mixbt import data
+from mixbt import distributed as D
+from mixbt import gpu_augment as G
 
 
 def views_of(images, name, generator, pipeline='mixbt'):

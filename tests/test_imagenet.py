@@ -10,13 +10,13 @@ import pytest
 import torch
 import torchvision
 
-import distributed as D
+from mixbt import distributed as D
 import fakedata
 import main as pretrain
 import main_imagenet
 import evaluate_imagenet
-import checkpoints as C
-from errors import MixBTError
+from mixbt import checkpoints as C
+from mixbt.errors import MixBTError
 import model as M
 
 CLASSES = ('n01440764', 'n01443537', 'n01484850')
@@ -95,7 +95,7 @@ def test_official_evaluate_command_lines_run_unchanged():
 
 
 def test_mixup_weight_warm_up_is_linear_over_epochs():
-    from methods import BarlowTwins, Progress
+    from mixbt.methods import BarlowTwins, Progress
     method = BarlowTwins(M.Model(8, 'resnet18', False), 0.005, mixup_loss_scale=0.5, mixup_warmup_epochs=10)
     assert method.mixup_scale(Progress(0, 300, 0, 100)) == 0
     assert method.mixup_scale(Progress(2, 300, 250, 100)) == pytest.approx(0.5 * 2.5 / 10)

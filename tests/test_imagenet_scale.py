@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-import losses
+from mixbt import losses
 from test_distributed import WORLD, run_two_processes
-from utils import backward_step
+from mixbt.runtime import backward_step
 
 pytestmark = pytest.mark.slow  # several real processes
 
@@ -26,11 +26,12 @@ def step_inputs():
 
 def build_method(is_mixup, perm):
     import model as M
-    from methods import BarlowTwins
+    from mixbt import nets
+    from mixbt.methods import BarlowTwins
     torch.manual_seed(0)
     net = M.Model(feature_dim=16, arch='resnet18', maxpool=False).double()  # CIFAR stem (no maxpool), 16 px inputs
     method = BarlowTwins(net, lmbda=LMBDA, is_mixup=is_mixup, mixup_loss_scale=S, seed=0)
-    method = M.sync_batchnorm(method, torch.device('cpu'))  # as the reference's SyncBatchNorm
+    method = nets.sync_batchnorm(method, torch.device('cpu'))  # as the reference's SyncBatchNorm
     method.configure_bn()
     method.draw_mixup = lambda n, device: (ALPHA, perm)
     return method

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import knn
+from mixbt import knn
 
 
 def brute_force_knn(test, bank, bank_labels, num_classes, k, t):

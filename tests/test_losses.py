@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-import losses
+from mixbt import losses
 
 
 def naive_standardize(z):

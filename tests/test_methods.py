@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import baselines
-import losses
-import methods
+from mixbt import baselines
+from mixbt import losses
+from mixbt import methods
 from conftest import build_method
 from test_baselines import TinyModel, images
 
@@ -50,7 +50,7 @@ def test_barlow_twins_family_loss_is_float32_outside_autocast(kind):
 
 # Every public function of losses.py (a new method's loss included): spied on below.
 LOSS_FUNCTIONS = tuple(name for name, fn in vars(losses).items()
-                       if callable(fn) and getattr(fn, '__module__', None) == 'losses' and not name.startswith('_'))
+                       if callable(fn) and getattr(fn, '__module__', None) == losses.__name__ and not name.startswith('_'))
 ALL_METHODS = {name: (lambda m, name=name: build_method(name, m)) for name in methods.METHODS}
 
 

@@ -4,9 +4,10 @@ import pytest
 import torch
 import torchvision
 
-import checkpoints as C
-import data
+from mixbt import checkpoints as C
+from mixbt import data
 import model as M
+from mixbt import nets
 
 
 def expected_small_layout(arch, maxpool, feature_dim):
@@ -67,7 +68,7 @@ def test_view_split_batchnorm_keeps_keys_and_equals_separate_passes():
     ref = M.Model(feature_dim=16, arch='resnet18', maxpool=False).double()
     fused = M.Model(feature_dim=16, arch='resnet18', maxpool=False).double()
     fused.load_state_dict(ref.state_dict())
-    M.set_bn_views(fused, 3)
+    nets.set_bn_views(fused, 3)
     assert list(fused.state_dict()) == list(ref.state_dict())
     views = [torch.randn(4, 3, 32, 32, dtype=torch.float64) for _ in range(3)]
     outs_ref = [ref(v)[1] for v in views]
@@ -88,15 +89,15 @@ def test_batchnorm_modules_are_built_explicitly_and_swapped_by_replacement():
     sync_batchnorm replaces them by global-statistics modules with the same state and views."""
     m = M.Model(feature_dim=8, arch='resnet18', maxpool=False)
     bns = [x for x in m.modules() if isinstance(x, torch.nn.modules.batchnorm._BatchNorm)]
-    assert bns and all(type(x) in (M.BatchNorm1d, M.BatchNorm2d) for x in bns)
-    M.set_bn_views(m, 2)
+    assert bns and all(type(x) in (nets.BatchNorm1d, nets.BatchNorm2d) for x in bns)
+    nets.set_bn_views(m, 2)
     state = {k: v.clone() for k, v in m.state_dict().items()}
-    M.sync_batchnorm(m, torch.device('cpu'))
+    nets.sync_batchnorm(m, torch.device('cpu'))
     bns = [x for x in m.modules() if isinstance(x, torch.nn.modules.batchnorm._BatchNorm)]
-    assert all(type(x) in (M.GlobalBatchNorm1d, M.GlobalBatchNorm2d) and x.views == 2 for x in bns)
+    assert all(type(x) in (nets.GlobalBatchNorm1d, nets.GlobalBatchNorm2d) and x.views == 2 for x in bns)
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in state.items())
     with pytest.raises(TypeError, match='per-view statistics'):
-        M.set_bn_views(torch.nn.Sequential(torch.nn.BatchNorm1d(3)), 2)
+        nets.set_bn_views(torch.nn.Sequential(torch.nn.BatchNorm1d(3)), 2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='the CUDA SyncBatchNorm path needs a GPU')
@@ -111,9 +112,9 @@ def test_per_view_sync_batchnorm_on_cuda_equals_separate_passes(tmp_path):
         ref = M.Model(feature_dim=16, arch='resnet18', maxpool=False).to(device)
         fused = M.Model(feature_dim=16, arch='resnet18', maxpool=False).to(device)
         fused.load_state_dict(ref.state_dict())
-        M.set_bn_views(fused, 2)
-        M.sync_batchnorm(fused, device)
-        assert any(isinstance(x, M.SyncBatchNorm) for x in fused.modules())
+        nets.set_bn_views(fused, 2)
+        nets.sync_batchnorm(fused, device)
+        assert any(isinstance(x, nets.SyncBatchNorm) for x in fused.modules())
         views = [torch.randn(8, 3, 32, 32, device=device) for _ in range(2)]
         outs_ref = torch.cat([ref(v)[1] for v in views])
         outs_fused = fused(torch.cat(views))[1]
@@ -135,7 +136,7 @@ def test_load_backbone_reads_released_layout_and_infers_variant(tmp_path, datase
     m = M.Model(feature_dim=32, arch=arch, maxpool=data.SPECS[dataset].maxpool)
     path = save(m.state_dict(), tmp_path)
     backbone, emb, found = C.load_backbone(path, dataset)
-    assert found == arch and emb == M.EMBEDDING_SIZE[arch]
+    assert found == arch and emb == nets.EMBEDDING_SIZE[arch]
     for (k, v), (k2, v2) in zip(m.f.state_dict().items(), backbone.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
 

@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-import runlog
+from mixbt import runlog
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import re
 import pytest
 import yaml
 
-import runlog
+from mixbt import runlog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS = sorted(glob.glob(os.path.join(ROOT, 'sweeps', '*.yaml')))
@@ -22,14 +22,7 @@ WANDB_KEYS = {'apiVersion', 'kind', 'controller', 'description', 'program', 'job
 LOCATION_FLAGS = {'gpu', 'data_root', 'results_dir'}
 
 
-def load_grid():
-    spec = importlib.util.spec_from_file_location('sweep_grid', os.path.join(ROOT, 'sweeps', 'grid.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-grid = load_grid()
+grid = importlib.import_module('sweeps.grid')
 
 
 def sweep_of(name):
@@ -39,7 +32,7 @@ def sweep_of(name):
 
 def main_py_flags():
     """Every `'--flag'` string of main.py's parser: config.py, methods.py, baselines.py (read as text)."""
-    text = ''.join(open(os.path.join(ROOT, f)).read() for f in ('config.py', 'methods.py', 'baselines.py'))
+    text = ''.join(open(os.path.join(ROOT, f)).read() for f in ('mixbt/config.py', 'mixbt/methods.py', 'mixbt/baselines.py'))
     return set(re.findall(r"""['"]--([A-Za-z][\w-]*)['"]""", text))
 
 

@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-import data
+from mixbt import data
 import fakedata
 import main
-import checkpoints as C
+from mixbt import checkpoints as C
 import model as M
 
 FAST = ['--visuals', 'false', '--arch', 'resnet18', '--feature_dim', '32', '--batch_size', '8', '--workers', '0', '--lr', '0.01',
@@ -99,7 +99,7 @@ def test_resume_after_kill_gives_identical_weights(tmp_path, fashion_root, monke
 
 @pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, fashion_root, monkeypatch):
-    import losses
+    from mixbt import losses
     args = ['--dataset', 'fashionmnist', '--data_root', fashion_root, '--subset', '16', '--epochs', '3',
             '--results_dir', str(tmp_path), *FAST]
     real = losses.barlow_twins_loss
@@ -169,7 +169,7 @@ def test_resume_refuses_a_different_experiment_and_reports_schedule_changes(tmp_
 
 
 def test_atomic_save_keeps_the_old_file_when_a_write_fails(tmp_path):
-    from checkpoints import atomic_save
+    from mixbt.checkpoints import atomic_save
 
     class FailsHalfway:
         def __reduce__(self):
@@ -187,8 +187,8 @@ def test_atomic_save_keeps_the_old_file_when_a_write_fails(tmp_path):
 def test_rng_state_survives_a_weights_only_round_trip(tmp_path):
     import random
     import numpy as np
-    from checkpoints import atomic_save
-    from utils import rng_state, set_rng_state
+    from mixbt.checkpoints import atomic_save
+    from mixbt.runtime import rng_state, set_rng_state
     random.seed(3), np.random.seed(4), torch.manual_seed(5)
     np.random.randn()  # a cached Gaussian is part of NumPy's state too
     atomic_save({'rng': rng_state()}, tmp_path / 'rng.pth')
@@ -203,8 +203,8 @@ def test_rng_state_survives_a_weights_only_round_trip(tmp_path):
 
 @pytest.mark.slow
 def test_knn_init_logs_the_random_init_baseline_as_epoch_0_and_leaves_training_alone(tmp_path, fashion_root):
-    import knn
-    from utils import seed_everything
+    from mixbt import knn
+    from mixbt.runtime import seed_everything
     common = ['--dataset', 'fashionmnist', '--data_root', fashion_root, '--subset', '24', '--epochs', '1',
               '--save_every', '0', '--seed', '2', *FAST]
     with_init = main.main(common + ['--results_dir', str(tmp_path / 'a'), '--knn_init'])

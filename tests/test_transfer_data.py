@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-import data
+from mixbt import data
 import fake_transfer
 import fakedata
-import transfer_data
-from errors import MixBTError
-from transfer_data import TRANSFER, load_transfer
+from mixbt import transfer_data
+from mixbt.errors import MixBTError
+from mixbt.transfer_data import TRANSFER, load_transfer
 
 
 def rgb(path):

@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-import data
+from mixbt import data
 import fakedata
 import model as M
 import visualize as V
-from errors import MixBTError
-from utils import run_command
+from mixbt.errors import MixBTError
+from mixbt.runtime import run_command
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 CPU = torch.device('cpu')

@@ -18,9 +18,9 @@ import torch
 import torchvision
 from PIL import Image
 
-import data
-from data import DatasetNotFound
-from errors import MixBTError
+from mixbt import data
+from mixbt.data import DatasetNotFound
+from mixbt.errors import MixBTError
 
 
 class TransferDataError(MixBTError, ValueError):

@@ -13,7 +13,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from errors import MixBTError
+from mixbt.errors import MixBTError
 
 
 class CorruptData(MixBTError):

@@ -10,7 +10,7 @@ import secrets
 import string
 import sys
 
-import distributed as D
+from mixbt import distributed as D
 
 
 def new_run_id():

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from distributed import all_gather_grad, all_reduce_sum, rank, world_size
+from mixbt.distributed import all_gather_grad, all_reduce_sum, rank, world_size
 
 
 def global_batch_size(z):

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import distributed as D
-from utils import device_constant
+from mixbt import distributed as D
+from mixbt.runtime import device_constant
 
 
 def normalise_uint8(batch, mean, std):

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
-from data import SPECS, select_pipeline
+from mixbt.data import SPECS, select_pipeline
 
 INTERPOLATION = {'bilinear': T.InterpolationMode.BILINEAR, 'bicubic': T.InterpolationMode.BICUBIC}
 

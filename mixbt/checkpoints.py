@@ -10,9 +10,9 @@ import tempfile
 import torch
 import torch.nn as nn
 
-from data import IN_MEMORY, SPECS
-from errors import MixBTError
-from model import EMBEDDING_SIZE, mlp, resnet, small_backbone
+from mixbt.data import IN_MEMORY, SPECS
+from mixbt.errors import MixBTError
+from mixbt.nets import EMBEDDING_SIZE, mlp, resnet, small_backbone
 
 
 class CheckpointError(MixBTError):

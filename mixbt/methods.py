@@ -10,11 +10,11 @@ with per-view BatchNorm statistics, which is exactly what separate forward passe
 import numpy as np
 import torch
 
-import losses
-from baselines import BYOL, CWRGP, INTL, WMSE, Baseline, SimCLR, head_of  # noqa: F401 (registered below)
-from errors import MixBTError
-from method_base import Method, Progress, flag, full_precision, to_device, upcast  # noqa: F401
-from utils import str2bool
+from mixbt import losses
+from mixbt.baselines import BYOL, CWRGP, INTL, WMSE, Baseline, SimCLR, head_of  # noqa: F401 (registered below)
+from mixbt.errors import MixBTError
+from mixbt.method_base import Method, Progress, flag, full_precision, to_device, upcast  # noqa: F401
+from mixbt.runtime import str2bool
 
 
 class BarlowTwins(Method):

@@ -14,11 +14,11 @@ import fcntl
 import os
 import socket
 
-import distributed as D
-from checkpoints import CheckpointError, read_checkpoint, remove_stale_temporaries
-from errors import MixBTError
-from runlog import new_run_id
-from utils import changed_settings
+from mixbt import distributed as D
+from mixbt.checkpoints import CheckpointError, read_checkpoint, remove_stale_temporaries
+from mixbt.errors import MixBTError
+from mixbt.runlog import new_run_id
+from mixbt.runtime import changed_settings
 
 
 def fixed_name(args, suffix=None):

@@ -9,11 +9,11 @@ import argparse
 import math
 import os
 
-import data as datasets
-import distributed as D
-from errors import MixBTError
-from methods import METHODS, add_method_args, original_method_name
-from utils import str2bool
+from mixbt import data as datasets
+from mixbt import distributed as D
+from mixbt.errors import MixBTError
+from mixbt.methods import METHODS, add_method_args, original_method_name
+from mixbt.runtime import str2bool
 
 
 def get_args(argv=None):

@@ -18,12 +18,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import distributed as D
-from checkpoints import CheckpointError, atomic_save
-from errors import MixBTError
-from runlog import RunLog
-from runs import RunFolder, check_identity
-from utils import backward_step, grad_scaler, install_requeue_handler, rng_state, set_rng_state
+from mixbt import distributed as D
+from mixbt.checkpoints import CheckpointError, atomic_save
+from mixbt.errors import MixBTError
+from mixbt.runlog import RunLog
+from mixbt.runs import RunFolder, check_identity
+from mixbt.runtime import backward_step, grad_scaler, install_requeue_handler, rng_state, set_rng_state
 
 
 class Probe(nn.Module):

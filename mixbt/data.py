@@ -14,10 +14,10 @@ import numpy as np
 import torch
 import torchvision
 
-import formats
-from errors import MixBTError
+from mixbt import formats
+from mixbt.errors import MixBTError
 # Re-exported for the readers' callers: data.BadImage, data.CorruptData, data.take_skipped_images, ...
-from formats import (UNREADABLE, BadImage, CheckedImageFolder, CorruptData, _one_line, decode_images,  # noqa: F401
+from mixbt.formats import (UNREADABLE, BadImage, CheckedImageFolder, CorruptData, _one_line, decode_images,  # noqa: F401
                      find_idx, take_skipped_images)
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)

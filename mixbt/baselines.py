@@ -8,10 +8,10 @@ import math
 
 import torch
 
-import losses
-from errors import MixBTError
-from method_base import Method, flag, full_precision, to_device, upcast
-from model import BatchNorm1d, mlp, set_bn_views
+from mixbt import losses
+from mixbt.errors import MixBTError
+from mixbt.method_base import Method, flag, full_precision, to_device, upcast
+from mixbt.nets import BatchNorm1d, mlp, set_bn_views
 
 
 def head_of(model):

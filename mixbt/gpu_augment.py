@@ -11,10 +11,10 @@ import math
 import numpy as np
 import torch
 
-import data as datasets
-import distributed as D
-from errors import MixBTError
-from utils import device_constant
+from mixbt import data as datasets
+from mixbt import distributed as D
+from mixbt.errors import MixBTError
+from mixbt.runtime import device_constant
 
 GRAY = (19595, 38470, 7471)  # PIL's ITU-R 601-2 luma in 16-bit fixed point (Convert.c's L24)
 # hsv2rgb's choice among (v, p, q, t) for R, G, B in each sextant of the hue

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from errors import MixBTError
-from model import set_bn_views
+from mixbt.errors import MixBTError
+from mixbt.nets import set_bn_views
 
 
 @dataclass
