@@ -38,7 +38,8 @@ import transfer
 from mixbt.checkpoints import load_backbone, resolve_dataset_arg
 from mixbt.errors import MixBTError
 from main import format_time
-from mixbt.runs import Lock, check_identity, check_writable
+from mixbt.identity import check_resume
+from mixbt.runs import Lock, check_writable
 from mixbt.transfer_data import TRANSFER, load_transfer
 from mixbt.runtime import autocast_dtype, run_command
 
@@ -281,7 +282,7 @@ def open_folder(args):
             lock = Lock(args.eval_dir)
             settings = os.path.join(args.eval_dir, 'args.json')
             if os.path.isfile(settings):
-                check_identity(read_json(settings), args, RESUME_FREE, (), args.eval_dir)
+                check_resume(read_json(settings), args, RESUME_FREE, (), args.eval_dir)
             write_text(settings, json.dumps(vars(args), indent=2, default=str))
         except MixBTError as e:
             failure = e

@@ -28,7 +28,8 @@ from mixbt.methods import METHODS, Progress, method_schedule_keys
 from model import build_model
 from mixbt.nets import plain_batchnorm, sync_batchnorm
 from mixbt.runlog import RunLog
-from mixbt.runs import RunFolder, check_identity, check_writable
+from mixbt.identity import check_resume
+from mixbt.runs import RunFolder, check_writable
 from utils import LARS, warmup_cosine_factor, set_lr, step_factor
 from mixbt.runtime import autocast_dtype, backward_step, grad_scaler, install_requeue_handler, rng_state, run_command, seed_everything, set_rng_state
 
@@ -149,7 +150,7 @@ def is_training_state(saved):
 
 # On resume: settings that may change silently (where things live, how fast it runs, what is
 # monitored), and schedule settings that may change on purpose (e.g. more --epochs), announced
-# and applied. Every other setting is what the run is (runs.check_identity).
+# and applied. Every other setting is what the run is (identity.check_resume).
 RESUME_FREE = ('resume', 'run_name', 'results_dir', 'data_root', 'workers', 'gpu', 'download', 'log_every',
                'knn_every', 'knn_init', 'save_every', 'precision', 'channels_last', 'compile', 'aug', 'fuse_views',
                'sync_bn', 'temperature', 'k', 'lambda_mixup', 'skip_bad_images', 'visuals')
@@ -253,7 +254,7 @@ def main(argv=None):
         saved = folder.read_state()
         schedule_changes = []
         if saved is not None:
-            schedule_changes = check_identity(saved.get('args', {}), args, RESUME_FREE, RESUME_SCHEDULE,
+            schedule_changes = check_resume(saved.get('args', {}), args, RESUME_FREE, RESUME_SCHEDULE,
                                               folder.resume_path)
         train, memory, test = load_data(args)
         if memory is not None and args.k > len(memory[1]):

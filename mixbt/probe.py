@@ -22,7 +22,8 @@ from mixbt import distributed as D
 from mixbt.checkpoints import CheckpointError, atomic_save
 from mixbt.errors import MixBTError
 from mixbt.runlog import RunLog
-from mixbt.runs import RunFolder, check_identity
+from mixbt.identity import check_resume
+from mixbt.runs import RunFolder
 from mixbt.runtime import backward_step, grad_scaler, install_requeue_handler, rng_state, set_rng_state
 
 
@@ -171,7 +172,7 @@ def open_run(args, prefix, project, wandb_group=None, wandb_name=None):
     try:
         saved = folder.read_state()
         if saved is not None:
-            check_identity(saved.get('args') or {}, args, RESUME_FREE_ARGS, (), folder.resume_path)
+            check_resume(saved.get('args') or {}, args, RESUME_FREE_ARGS, (), folder.resume_path)
             if saved.get('model_file') and saved['model_file'] != os.path.realpath(args.model_path):
                 raise CheckpointError(f'{folder.resume_path} holds another evaluation (of {saved["model_file"]}, not '
                                       f'{os.path.realpath(args.model_path)}). Give this one its own run folder '

@@ -4,7 +4,8 @@
   fixed (--run_name; on SLURM slurm<job id>[_<run>]), else <results_dir>/<new random id>.
 * Auto-resume: a fixed-name folder that holds the state file is continued.
 * Identity: on resume, the settings in `free` may change silently, those in `schedule` may change
-  and are announced (the caller applies them), and every other setting must equal the saved one.
+  and are announced (the caller applies them), and every other setting must equal the saved one
+  (mixbt/identity.py: the one rule for every reused result).
 * One run per folder: an exclusive lock (flock on <folder>/.lock, released by the kernel when
   the process dies, so a killed run never blocks its successor); a second process is refused with
   the holder's pid and host. Temporary files of killed writes are removed when the lock is taken.
@@ -18,7 +19,6 @@ from mixbt import distributed as D
 from mixbt.checkpoints import CheckpointError, read_checkpoint, remove_stale_temporaries
 from mixbt.errors import MixBTError
 from mixbt.runlog import new_run_id
-from mixbt.runtime import changed_settings
 
 
 def fixed_name(args, suffix=None):
@@ -41,18 +41,6 @@ def check_writable(results_dir):
         raise MixBTError(f'--results_dir {results_dir}: {probe} is a file, not a folder; choose another --results_dir')
     if not os.access(probe, os.W_OK | os.X_OK):
         raise MixBTError(f'--results_dir {results_dir}: {probe} is not writable; choose another --results_dir')
-
-
-def check_identity(saved_args, args, free, schedule, where):
-    """The schedule settings this command changes (to announce); MixBTError when it changes anything
-    else that the saved run recorded."""
-    keys = [k for k in vars(args) if k not in free and k not in schedule]
-    changed = changed_settings(saved_args, args, keys)
-    if changed:
-        raise CheckpointError(f'{where} holds another run: this command changes {", ".join(changed)}. Continue it '
-                              f'with its own settings (args.json in its folder) or give this run its own '
-                              f'folder (--run_name)')
-    return changed_settings(saved_args, args, schedule)
 
 
 class Lock:

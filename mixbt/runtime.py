@@ -57,12 +57,6 @@ def autocast_dtype(precision, device):
     return {'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]
 
 
-def changed_settings(saved_args, args, keys):
-    """'--key saved -> now' for each of `keys` whose value in this command differs from a saved run's."""
-    return [f'--{k} {saved_args[k]!r} -> {getattr(args, k, None)!r}' for k in keys
-            if k in saved_args and saved_args[k] != getattr(args, k, None)]
-
-
 def backward_step(loss, optimizer, scaler=None, grad_scale=1.0):
     """zero_grad, backward and step; through the GradScaler when there is one (float16 autocast).
 
