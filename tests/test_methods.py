@@ -1,11 +1,12 @@
 """What every method does around its loss: the loss runs in float32 outside the trainer's
 autocast (methods.full_precision), and W-MSE / CW-RGP draw their permutations on the host
 from the saved generator, in the original order, and send them to the device in one copy."""
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mixbt import baselines
 from mixbt import losses
 from mixbt import methods
 from conftest import build_method
@@ -80,7 +81,8 @@ def test_a_step_sends_the_original_permutation_stream_in_one_copy(name, monkeypa
     generator, so every rank draws the same ones and older checkpoints resume the same stream."""
     copies, drawn = [], {}
     real_copy = methods.to_device
-    monkeypatch.setattr(baselines, 'to_device', lambda t, device: copies.append(t) or real_copy(t, device))
+    module = importlib.import_module(f'mixbt.methods.{name}')
+    monkeypatch.setattr(module, 'to_device', lambda t, device: copies.append(t) or real_copy(t, device))
     real_loss = getattr(losses, f'{name}_loss')
 
     def spy(views, perms, *rest, **kwargs):
