@@ -68,62 +68,108 @@ accepted() {
 # size FILE: bytes (0 when missing)
 size() { if [ -f "$1" ]; then wc -c < "$1" | tr -d ' '; else echo 0; fi; }
 
-# download URL PART: fetch URL into PART, continuing PART when it holds the start of the file.
+# download URL PART: fetch URL into PART, continuing PART when it holds the start of the file. A progress
+# bar only on a terminal. No --retry: curl calls a failed name lookup "timeout" and tries it again; this
+# script continues what made progress itself, and stops at the first sign of no network.
 if command -v curl >/dev/null; then
-  download() { if [ -s "$2" ]; then set -- "$1" "$2" -C -; fi; curl -fL --retry 2 --connect-timeout 20 "${@:3}" -o "$2" "$1"; }
+  downloader=curl
+  download() {
+    if [ -s "$2" ]; then set -- "$1" "$2" -C -; fi
+    if [ -t 2 ]; then set -- "$@" --progress-bar; else set -- "$@" -sS; fi
+    curl -fL --connect-timeout 20 "${@:3}" -o "$2" "$1"
+  }
   refused() { [ "$1" = 22 ] || [ "$1" = 33 ] || [ "$1" = 36 ]; }  # HTTP error (416: range), no range, bad resume
 else
-  download() { if [ -s "$2" ]; then set -- "$1" "$2" -c; fi; wget -q -T 20 "${@:3}" -O "$2" "$1"; }
+  downloader=wget
+  download() { if [ -s "$2" ]; then set -- "$1" "$2" -c; fi; wget -q -T 20 -t 1 "${@:3}" -O "$2" "$1"; }
   refused() { [ "$1" = 8 ]; }                                     # the server answered with an error
 fi
 
-mkdir -p "$dest"
-failed=0
-for url in $urls; do
-  name=$(local_name "$url")
-  if [ $# -gt 0 ] && ! printf '%s\n' "$@" | grep -qxF -- "$name"; then continue; fi
-  file=$dest/$name part=$dest/$name.part
-  if [ -f "$file" ]; then
-    if result=$(check "$file" "$name" 2>&1); then accepted "$name" $result have; continue; fi
-    echo "warning: $file is not the release file ($result): downloading it again (continued if it is the start of it)" >&2
-    mv -f "$file" "$part"
-  fi
+# network_cause URL RC: why the host of URL never answered, when RC is the downloader's code for that.
+network_cause() {
+  local host=${1#*://}; host=${host%%/*}
+  case $downloader:$2 in
+    curl:6) echo "cannot resolve $host: no network?" ;;
+    curl:5) echo "cannot resolve the proxy (https_proxy=${https_proxy:-}): no network?" ;;
+    curl:7) echo "cannot connect to $host: no network, or a firewall (behind a proxy? set https_proxy)" ;;
+    curl:28) echo "$host did not answer in 20 s: no network?" ;;
+    wget:4)  # wget says only "network failure": ask the resolver
+      if command -v getent >/dev/null && ! getent hosts "$host" >/dev/null; then
+        echo "cannot resolve $host: no network?"
+      else
+        echo "cannot reach $host: no network, or a firewall?"
+      fi ;;
+    *) return 1 ;;
+  esac
+}
+
+# fetch NAME URL: download NAME until it passes the check. Fails with $error set; with $offline set too
+# when the network is not there (then nothing else is tried).
+fetch() {
+  local name=$1 url=$2 file=$dest/$1 part=$dest/$1.part tries=0 before after rc result= expected
   echo "fetching $name"
-  error= result= tries=0
-  while [ -z "$error" ]; do
+  while :; do
     tries=$((tries + 1)) before=$(size "$part")
     [ "$before" = 0 ] || echo "continuing $name.part from byte $before"
     download "$url" "$part"; rc=$?
     after=$(size "$part")
     if [ $rc = 0 ]; then
-      if result=$(check "$part" "$name" 2>&1); then mv -f "$part" "$file"; accepted "$name" $result fetched; break; fi
+      if result=$(check "$part" "$name" 2>&1); then mv -f "$part" "$file"; accepted "$name" $result fetched; return 0; fi
       expected=$(awk -v n="$name" '$1 == n { print $2 }' "$manifest")
       if [[ $expected =~ ^[0-9]+$ ]] && [ "$after" -ge "$expected" ]; then  # all of it, and not the release file
-        rm -f "$part"; error="$url does not give the release file ($result)"; break
+        rm -f "$part"; error="$url does not give the release file ($result)"; return 1
       elif [ "$after" -le "$before" ]; then
         echo "warning: $name.part does not complete to the release file ($result): fetching it again from the start" >&2
         rm -f "$part"
       fi  # else: it ended early without an error: continue it
     elif [ "$after" -gt "$before" ]; then
       :  # interrupted after some progress: continue it
+    elif offline=$(network_cause "$url" $rc); then
+      error="could not download $name: $offline"; return 1
     elif [ "$before" != 0 ] && refused $rc; then
       echo "warning: the server would not continue $name.part: fetching it again from the start" >&2
       rm -f "$part"
     else
-      error="could not download $url (no network access from this machine?). Download it elsewhere and copy it to $file"
+      error="could not download $url ($downloader exit code $rc)"; return 1
     fi
-    if [ -z "$error" ] && [ $tries -ge 4 ]; then
-      error="could not get the release file from $url in $tries tries${result:+ (last check: $result)}"
+    if [ $tries -ge 4 ]; then
+      error="could not get the release file from $url in $tries tries${result:+ (last check: $result)}"; return 1
     fi
   done
-  if [ -n "$error" ]; then
-    echo "error: $error" >&2
-    failed=1
-    if [ -s "$part" ]; then
-      echo "The incomplete file is kept in $part: run this script again to continue it." >&2
-    else
-      rm -f "$part"
-    fi
+}
+
+mkdir -p "$dest"
+present= missing= offline=  # space-separated names
+for url in $urls; do
+  name=$(local_name "$url")
+  if [ $# -gt 0 ] && ! printf '%s\n' "$@" | grep -qxF -- "$name"; then continue; fi
+  file=$dest/$name part=$dest/$name.part
+  if [ -f "$file" ]; then
+    if result=$(check "$file" "$name" 2>&1); then accepted "$name" $result have; present+=" $name"; continue; fi
+    echo "warning: $file is not the release file ($result): downloading it again (continued if it is the start of it)" >&2
+    mv -f "$file" "$part"
+  fi
+  if [ -n "$offline" ]; then missing+=" $name"; continue; fi  # no network: not tried again
+  error=
+  if fetch "$name" "$url"; then present+=" $name"; continue; fi
+  missing+=" $name"
+  echo "error: $error" >&2
+  if [ -s "$part" ]; then
+    echo "The incomplete file is kept in $part: run this script again to continue it." >&2
+  else
+    rm -f "$part"
   fi
 done
-exit $failed
+
+count() { echo $#; }
+echo "$(count $present) of $(count $present $missing) checkpoints present in $dest"
+if [ -n "$missing" ]; then
+  {
+    echo "missing:"
+    printf '  %s\n' $missing
+    [ -z "$offline" ] || [ "$(count $missing)" = 1 ] || echo "The others were not tried: $offline"
+    echo "Fetched elsewhere (the URLs are in checkpoints/README.md; barlowtwins_official_resnet50.pth is the"
+    echo "official resnet50.pth), they go in $dest/ under these names; then run this script again to check them."
+  } >&2
+  exit 1
+fi

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -410,21 +411,25 @@ def checkpoint_files(tmp_path_factory):
 
 
 def download(tmp_path, names, plan='ok', src=None, tool='curl', root=REPO, shell='bash'):
-    """Run the download script with a stand-in curl (or wget alone) serving src. Returns (process, calls)."""
+    """Run the download script with a stand-in curl (or wget alone) serving src. Returns (process, calls).
+    Its checks run in this python (PYTHON): on a bare PATH, python3 may be a wrapper that needs more of
+    PATH (pyenv's shim)."""
     bin_dir, log = tmp_path / 'fakebin', tmp_path / 'downloads.log'
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / tool).write_text(FAKE_DOWNLOADER)
-    (bin_dir / tool).chmod(0o755)
+    (bin_dir / 'getent').write_text('#!/bin/sh\nexit 2\n')  # no name resolves: as offline
+    for fake in (tool, 'getent'):
+        (bin_dir / fake).chmod(0o755)
     log.unlink(missing_ok=True)
     path = f'{bin_dir}:{os.environ["PATH"]}'
     if tool == 'wget':  # a PATH without curl: the script's tools, linked one by one
         for cmd in ('bash', 'dirname', 'basename', 'grep', 'awk', 'mkdir', 'mv', 'rm', 'wc', 'tr', 'cat', 'tail',
-                    'head', 'cut', 'python3'):
+                    'head', 'cut'):
             (bin_dir / cmd).unlink(missing_ok=True)
             (bin_dir / cmd).symlink_to(shutil.which(cmd))
         path = str(bin_dir)
-    env = {**os.environ, 'PATH': path, 'CHECKPOINT_DIR': str(tmp_path / 'ckpt'), 'FAKE_PLAN': plan,
-           'FAKE_LOG': str(log), 'FAKE_SRC': str(src or tmp_path / 'nothing')}
+    env = {**os.environ, 'PATH': path, 'PYTHON': sys.executable, 'CHECKPOINT_DIR': str(tmp_path / 'ckpt'),
+           'FAKE_PLAN': plan, 'FAKE_LOG': str(log), 'FAKE_SRC': str(src or tmp_path / 'nothing')}
     proc = subprocess.run([shell, os.path.join(root, 'scripts', 'download_checkpoints.sh'), *names], env=env,
                           capture_output=True, text=True, timeout=60)
     return proc, (log.read_text().splitlines() if log.exists() else [])
@@ -449,7 +454,8 @@ def test_download_never_accepts_a_truncated_file_and_continues_it(checkpoint_fil
     proc, calls = download(tmp_path, [STL10], plan='offline', shell=SH)  # no network: an error, never "have"
     assert proc.returncode == 1 and f'have {STL10}' not in proc.stdout
     assert 'not a complete PyTorch zip checkpoint' in proc.stderr and 'could not download' in proc.stderr
-    assert 'no network access' in proc.stderr and 'copy it to' in proc.stderr and 'run this script again' in proc.stderr
+    assert 'cannot resolve github.com: no network?' in proc.stderr and f'they go in {tmp_path / "ckpt"}/' in proc.stderr
+    assert 'run this script again to continue it' in proc.stderr
     assert not (tmp_path / 'ckpt' / STL10).exists()  # the linear scripts now say it is missing
     assert (tmp_path / 'ckpt' / f'{STL10}.part').read_bytes() == (checkpoint_files / 'truncated.pth').read_bytes()
     proc, calls = download(tmp_path, [STL10], src=checkpoint_files / 'good.pth')  # the network is back
@@ -459,11 +465,23 @@ def test_download_never_accepts_a_truncated_file_and_continues_it(checkpoint_fil
     assert not list((tmp_path / 'ckpt').glob('*.part'))
 
 
-def test_download_without_network_leaves_nothing_behind(tmp_path):
-    proc, calls = download(tmp_path, [STL10], plan='offline')
-    assert proc.returncode == 1 and len(calls) == 1
-    assert 'could not download' in proc.stderr and 'no network access' in proc.stderr and 'copy it to' in proc.stderr
-    assert os.listdir(tmp_path / 'ckpt') == []
+@pytest.mark.parametrize('tool', ['curl', 'wget'])
+def test_download_without_network_stops_at_once_and_says_what_is_where(tool, checkpoint_files, tmp_path):
+    """Offline, every file was tried 3 times with progress meters and "Problem: timeout". Now one try in
+    all, the cause named, a summary of what is present and missing and where the missing files go, and
+    nothing left behind."""
+    (tmp_path / 'ckpt').mkdir()
+    shutil.copy(checkpoint_files / 'good.pth', tmp_path / 'ckpt' / STL10)
+    proc, calls = download(tmp_path, [], plan='offline', tool=tool)
+    assert proc.returncode == 1 and len(calls) == 1, (calls, proc.stderr)
+    assert '--retry' not in calls[0] and (tool == 'wget' or ' -sS' in calls[0])  # no retries, no meter in a log
+    assert proc.stderr.count('cannot resolve github.com: no network?') == 2  # the error, and the summary
+    assert f'have {STL10}' in proc.stdout and f'1 of {len(RELEASED_FILES)} checkpoints present' in proc.stdout
+    missing = proc.stderr.split('missing:\n')[1].split('The others')[0].split()
+    assert sorted(missing) == sorted(set(RELEASED_FILES) - {STL10})
+    assert 'The others were not tried' in proc.stderr and f'they go in {tmp_path / "ckpt"}/' in proc.stderr
+    assert 'run this script again to check them' in proc.stderr and 'checkpoints/README.md' in proc.stderr
+    assert os.listdir(tmp_path / 'ckpt') == [STL10]
 
 
 @pytest.mark.parametrize('tool', ['curl', 'wget'])
