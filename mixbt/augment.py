@@ -1,5 +1,5 @@
 """View transforms on the CPU with torchvision, built from the data set's registry row
-(data.SPECS[name].recipe; docs/protocol.md section 3), or under --pipeline wmse from the W-MSE
+(data.spec_of(name).recipe; docs/protocol.md section 3), or under --pipeline wmse from the W-MSE
 code's recipe and normalisation (data.select_pipeline; section 6). The batched on-device versions
 live in gpu_augment.py and are tested against these.
 """
@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
-from mixbt.data import SPECS, select_pipeline
+from mixbt.data import select_pipeline, spec_of
 
 INTERPOLATION = {'bilinear': T.InterpolationMode.BILINEAR, 'bicubic': T.InterpolationMode.BICUBIC}
 
@@ -67,7 +67,7 @@ def ssl_views(name, image_size=224, pipeline='mixbt'):
     """The per-view transforms for SSL training under --pipeline (`image_size`: the ImageNet crop size)."""
     stats = select_pipeline(name, pipeline)
     recipe = stats.recipe
-    if not SPECS[name].in_memory:
+    if not spec_of(name).in_memory:
         recipe = dataclasses.replace(recipe, size=image_size)
     return build_views(recipe, stats.mean, stats.std)
 
@@ -79,7 +79,7 @@ def train_view(name, pipeline='mixbt'):
 
 def eval_geometry(name, image_size=224):
     """Deterministic resize/crop part of the evaluation transform (PIL in, PIL out)."""
-    spec = SPECS[name]
+    spec = spec_of(name)
     if not spec.eval_resize:
         return T.Lambda(lambda img: img)
     if not spec.in_memory:  # ImageNet: Resize(256/224 of the crop) + CenterCrop(crop), bilinear
@@ -94,7 +94,7 @@ def eval_transform(name, image_size=224, pipeline='mixbt'):
 def eval_images(name, data):
     """The deterministic geometric part of the evaluation transform, applied once up front:
     uint8 (N, S, S, 3), bit-identical to what the PIL transform gives before ToTensor."""
-    spec = SPECS[name]
+    spec = spec_of(name)
     if data.images.shape[1] == spec.size and data.images.shape[2] == spec.size:
         return data.images
     geometry = eval_geometry(name)
@@ -103,7 +103,10 @@ def eval_images(name, data):
 
 def eval_split(name, data):
     """(uint8 images at the evaluation size, labels) of ArrayData `data`: what the kNN monitor and
-    the visuals take."""
+    the visuals take; None when they cannot take it, an unlabelled folder or a streamed one (its
+    load line says that they are skipped)."""
+    if not spec_of(name).labelled or not isinstance(data.images, np.ndarray):
+        return None
     return eval_images(name, data), data.labels
 
 

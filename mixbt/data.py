@@ -1,10 +1,11 @@
 """The data set registry and the readers of the pretraining data sets (docs/protocol.md section 3).
 
-`SPECS[name]` is the one row every other module asks about a data set: resolution, stem,
-normalisation, augmentation recipe, split roles, size class and reader. Each small data set
-is read from its official on-disk format into memory as uint8 (N, H, W, 3) plus int64
-labels; ImageNet stays a lazy ImageFolder. A missing data set raises DatasetNotFound naming
-the path and the layout expected.
+`spec_of(name or args)` gives the one row every other module asks about a data set: resolution,
+stem, normalisation, augmentation recipe, split roles, size class and reader. The static rows
+are SPECS; a folder of your own images (--dataset folder) gets its row per run (folder_data.py).
+Each small data set is read from its official on-disk format into memory as uint8 (N, H, W, 3)
+plus int64 labels; ImageNet stays a lazy ImageFolder. A missing data set raises DatasetNotFound
+naming the path and the layout expected.
 """
 import os
 import pickle
@@ -61,10 +62,18 @@ class Spec:
     layout: str           # what --data_root must contain, for error messages
     url: str
     eval_resize: int = 0  # evaluation: Resize(eval_resize, bicubic) + CenterCrop(size); 0: as stored
+    labelled: bool = True  # False: a folder of unlabelled images (pretraining only)
+    streamed: bool = False  # the reader returns images decoded on access (formats.LazyImages), not an array
+    identity: str = ''    # what a resolved row was built from (a folder's files, the image size); '' for static rows
 
     @property
     def in_memory(self):
         return self.reader is not None
+
+    @property
+    def imagenet_stem(self):
+        """The torchvision ResNet stem (7x7 stride-2 convolution, max-pool), not the 3x3 one."""
+        return self.size_class == 'imagenet'
 
 
 # The Debian package dataset-fashion-mnist installs the raw idx.gz files here.
@@ -399,6 +408,40 @@ SPECS = {
                      'https://www.image-net.org', eval_resize=256),
 }
 IN_MEMORY = tuple(sorted(n for n, s in SPECS.items() if s.in_memory))  # the small data sets
+# Your own images (folder_data.py): a row resolved per run from --data_root and --image_size.
+FOLDER = 'folder'
+DATASETS = tuple(sorted([*SPECS, FOLDER]))  # every --dataset choice
+_FOLDER_ROW = {}  # the folder row resolved last in this process, by what it was resolved from
+
+
+def spec_of(dataset):
+    """The registry row of `dataset`: a name, or a command's parsed arguments (a Namespace or an
+    args.json dict) naming it in `dataset`. 'folder' has no static row: spec_of(args) resolves it
+    (folder_data.resolve_folder) from args.data_root, image_size, folder_labels, max_memory_gb and
+    subset, once for the same values, and spec_of('folder') is then that row."""
+    name = dataset if isinstance(dataset, str) else _arg(dataset, 'dataset')
+    if name != FOLDER:
+        if name not in SPECS:
+            raise MixBTError(f'unknown data set {name!r}; choose one of {list(DATASETS)}')
+        return SPECS[name]
+    if isinstance(dataset, str):
+        if not _FOLDER_ROW:
+            raise MixBTError("the folder row is resolved from a command's --data_root and --image_size: call "
+                             'data.spec_of(args) first')
+        return next(iter(_FOLDER_ROW.values()))
+    from mixbt import folder_data
+    key = (os.path.realpath(_arg(dataset, 'data_root')), _arg(dataset, 'image_size'),
+           _arg(dataset, 'folder_labels', 'auto'), _arg(dataset, 'max_memory_gb', folder_data.MAX_MEMORY_GB),
+           _arg(dataset, 'subset', 0) or 0)
+    if key not in _FOLDER_ROW:
+        _FOLDER_ROW.clear()
+        _FOLDER_ROW[key] = folder_data.resolve_folder(*key)
+    return _FOLDER_ROW[key]
+
+
+def _arg(args, key, default=None):
+    value = args.get(key) if isinstance(args, dict) else getattr(args, key, None)
+    return default if value is None else value
 
 
 # ---------------------------------------------------------------- pipelines (--pipeline)
@@ -432,7 +475,8 @@ def select_pipeline(name, pipeline='mixbt'):
     """The views and normalisation of data set `name` under --pipeline: 'mixbt' is the registry
     row's own (section 3), 'wmse' the W-MSE code's (WMSE_PIPELINE)."""
     if pipeline == 'mixbt':
-        return Pipeline(SPECS[name].recipe, SPECS[name].mean, SPECS[name].std)
+        spec = spec_of(name)
+        return Pipeline(spec.recipe, spec.mean, spec.std)
     if pipeline == 'wmse':
         if name not in WMSE_PIPELINE:
             raise MixBTError(f'--pipeline wmse: the W-MSE code has no {name} pipeline; use --pipeline mixbt '
@@ -447,15 +491,17 @@ def load_splits(name, root, splits, subset=0, **kwargs):
     loaded = {}
     for split in splits:
         if split not in loaded:
-            d = load(name, root, split, **kwargs)
-            loaded[split] = ArrayData(d.images[:subset], d.labels[:subset], d.classes) if subset else d
+            loaded[split] = load(name, root, split, subset=subset, **kwargs)
     return [loaded[split] for split in splits]
 
 
-def load(name, root='data', split='train', download=False, workers=0, skip_bad=False):
-    """The `split` of in-memory data set `name` as ArrayData; skip_bad: leave out unreadable image files."""
-    if name not in SPECS:
-        raise MixBTError(f'unknown data set {name!r}; choose one of {sorted(SPECS)}')
-    if not SPECS[name].in_memory:
+def load(name, root='data', split='train', download=False, workers=0, skip_bad=False, subset=0):
+    """The `split` of in-memory data set `name` as ArrayData, cut to its first `subset` images when
+    given (a folder decodes only those); skip_bad: leave out unreadable image files."""
+    spec = spec_of(name)
+    if not spec.in_memory:
         raise MixBTError(f'{name} is not an in-memory data set; use imagenet_folder()')
-    return SPECS[name].reader(root, split, download, workers, skip_bad=skip_bad)
+    if getattr(spec.reader, 'takes_subset', False):
+        return spec.reader(root, split, download, workers, skip_bad=skip_bad, subset=subset)
+    d = spec.reader(root, split, download, workers, skip_bad=skip_bad)
+    return ArrayData(d.images[:subset], d.labels[:subset], d.classes) if subset else d
