@@ -28,9 +28,10 @@ def standardize(z):
     return centred / var.sqrt()
 
 
-def cross_correlation(a, b):
-    """C = a^T b / N over the global batch (a, b standardised embeddings, N x D)."""
-    return all_reduce_sum(a.T @ b) / global_batch_size(a)
+def cross_correlation(a, b, n=None):
+    """C = a^T b / n summed over the processes (a, b standardised embeddings, N x D); n defaults to
+    the global batch (the original ImageNet script divides by its full --batch-size instead)."""
+    return all_reduce_sum(a.T @ b) / (global_batch_size(a) if n is None else n)
 
 
 def off_diagonal(c):
@@ -67,6 +68,30 @@ def mixup_cross_correlations(zm, za, zb, perm, alpha):
     c_ma_gt = alpha * cross_correlation(za, za) + (1 - alpha) * cross_correlation(zb_perm, za)
     c_mb_gt = alpha * cross_correlation(za, zb) + (1 - alpha) * cross_correlation(zb_perm, zb)
     return c_ma, c_mb, c_ma_gt, c_mb_gt
+
+
+# ----------------------------------------------------------------------------------------
+# The original ImageNet script's loss (--bt_loss imagenet_reference, docs/protocol.md section 1)
+# ----------------------------------------------------------------------------------------
+# Each of its 8 GPUs standardised its own 128 rows, drew its own alpha and permutation, divided its
+# matrices by the full batch (1024) and summed them over the GPUs. Here the global batch is split
+# into those groups of consecutive rows, whatever the number of processes holding them.
+def group_standardize(z, groups):
+    """Each of `groups` equal blocks of consecutive rows standardised on its own, (z - mean) / std
+    with the unbiased std (torch's z.std(dim=0), as each GPU of the original computed it)."""
+    blocks = z.unflatten(0, (groups, -1))
+    return ((blocks - blocks.mean(1, keepdim=True)) / blocks.std(1, keepdim=True)).flatten(0, 1)
+
+
+def reference_mixup_regulariser(zm, za, zb, perm, alpha, n):
+    """||C_ma - C_ma_gt||_F^2 + ||C_mb - C_mb_gt||_F^2 with the original ImageNet script's targets:
+    C_ma_gt = alpha za^T za + (1-alpha) zb[perm]^T za, C_mb_gt = alpha zb^T zb + (1-alpha) zb[perm]^T zb
+    (not the paper's alpha za^T zb), every matrix divided by n and summed over the groups.
+    `alpha` holds each row's group's alpha (N x 1); `perm` permutes rows within each group. Residual
+    form, as mixup_regulariser: C_m* - C_m*_gt = (zm - alpha z* - (1-alpha) zb[perm])^T z* / n."""
+    mixed = zm - (1 - alpha) * zb[perm]
+    return (cross_correlation(mixed - alpha * za, za, n).pow(2).sum()
+            + cross_correlation(mixed - alpha * zb, zb, n).pow(2).sum())
 
 
 # ----------------------------------------------------------------------------------------

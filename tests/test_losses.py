@@ -123,3 +123,19 @@ def test_off_diagonal_lists_every_off_diagonal_entry_once():
     c = torch.arange(16.).view(4, 4)
     expected = [c[i, j].item() for i in range(4) for j in range(4) if i != j]
     assert losses.off_diagonal(c).tolist() == expected
+
+
+def test_group_standardize_standardises_each_block_of_rows_on_its_own():
+    """The original ImageNet script's statistics: each GPU's rows on their own (unbiased std)."""
+    (z,) = embeddings(n=12, d=4, seed=5, views=1)
+    out = losses.group_standardize(z, 3)
+    naive = torch.cat([naive_standardize(z[i:i + 4]) for i in (0, 4, 8)])
+    torch.testing.assert_close(out, naive)
+    for g1, g2 in zip(grads(out.pow(3).sum(), [z]), grads(naive.pow(3).sum(), [z])):
+        torch.testing.assert_close(g1, g2)
+    torch.testing.assert_close(losses.group_standardize(z, 1), losses.standardize(z))
+
+
+def test_cross_correlation_divides_by_the_given_batch():
+    a, b = [z.detach() for z in embeddings(n=6, d=3, views=2)]
+    torch.testing.assert_close(losses.cross_correlation(a, b, n=24), naive_cc(a, b) * 6 / 24)
