@@ -5,10 +5,13 @@
         --projector 8192-8192-8192 --is_mixup true --lambda_mixup 1.0 --checkpoint-dir results/imagenet
 
 Same flags and meaning as the original, with its defaults (mixup on, lambda_mixup 1.0, its
-10-epoch warm-up of the mixup weight). Mapping: DATA -> --data_root, --lambda_mixup L ->
---mixup_loss_scale 0.5*L (docs/protocol.md section 1), --checkpoint-dir -> --results_dir,
---print-freq -> --log_every. Unlike the original, processes come from torchrun/srun (one per GPU).
-Any main.py flag may be added (e.g. --run_name, --precision, --image_size).
+10-epoch warm-up of the mixup weight) and its loss (--bt_loss imagenet_reference: the global batch
+in --ref_world_size 8 groups, one per GPU of the released runs; docs/protocol.md section 1).
+--lambda_mixup 0 keeps the mixed pass with weight 0, as the released Barlow Twins row ran.
+Mapping: DATA -> --data_root, --lambda_mixup L -> --mixup_loss_scale 0.5*L, --checkpoint-dir ->
+--results_dir, --print-freq -> --log_every. Unlike the original, processes come from torchrun/srun
+(one per GPU; any number that divides --ref_world_size). Any main.py flag may be added (e.g.
+--run_name, --precision, --image_size, --bt_loss global).
 """
 import sys
 
@@ -21,7 +24,7 @@ def translate(argv):
     data, rest = argv[0], list(argv[1:])
     defaults = {'--is_mixup': 'true', '--lambda_mixup': '1.0', '--mixup_warmup_epochs': '10', '--epochs': '300',
                 '--batch_size': '1024', '--lmbda': '0.0051', '--workers': '8', '--arch': 'resnet50',
-                '--results_dir': 'results/imagenet', '--log_every': '1'}
+                '--results_dir': 'results/imagenet', '--log_every': '1', '--bt_loss': 'imagenet_reference'}
     aliases = {'--batch-size': '--batch_size', '--lambd': '--lmbda', '--checkpoint-dir': '--results_dir',
                '--print-freq': '--log_every'}
     given = {aliases.get(a.split('=')[0], a.split('=')[0]) for a in rest if a.startswith('--')}

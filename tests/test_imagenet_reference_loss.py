@@ -190,3 +190,27 @@ def test_lambda_mixup_zero_runs_the_mixed_pass_with_weight_zero():
     torch.testing.assert_close(loss, plain_loss)
     assert mixed.model.bn.num_batches_tracked == 3 and plain.model.bn.num_batches_tracked == 2
     assert not torch.allclose(mixed.model.bn.running_mean, plain.model.bn.running_mean)
+
+
+def test_the_original_imagenet_command_line_trains_with_the_reference_loss():
+    import main
+    import main_imagenet
+    args = main.get_args(main_imagenet.translate(['/data/imagenet']))
+    assert (args.bt_loss, args.ref_world_size, args.batch_size, args.method) == ('imagenet_reference', 8, 1024, 'mixbt')
+    zero = main.get_args(main_imagenet.translate(['/data/imagenet', '--lambda_mixup', '0']))
+    assert zero.method == 'mixbt' and zero.mixup_loss_scale == 0
+    assert main.get_args(main_imagenet.translate(['/d', '--bt_loss', 'global'])).bt_loss == 'global'
+
+
+@pytest.mark.slow  # runs the launch script (with a stand-in python)
+@pytest.mark.parametrize('env, expected', [({}, ('imagenet_reference', 8, 'mixbt', 0.5)),
+                                           ({'LAMBDA_MIXUP': '0'}, ('imagenet_reference', 8, 'mixbt', 0.0)),
+                                           ({'BT_LOSS': 'global', 'REF_WORLD_SIZE': '1'}, ('global', 1, 'mixbt', 0.5))])
+def test_imagenet_script_defaults_to_the_reference_loss(env, expected, tmp_path):
+    import main
+    from test_scripts import program_calls, run
+    proc, calls = run('scripts-pretrain-resnet50/imagenet.sh', tmp_path, {'NPROC': '1', **env})
+    assert proc.returncode == 0, proc.stderr
+    ((program, argv),) = program_calls(calls)
+    args = main.get_args(argv)
+    assert (args.bt_loss, args.ref_world_size, args.method, args.mixup_loss_scale) == expected
