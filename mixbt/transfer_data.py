@@ -392,6 +392,9 @@ def aircraft_boxes(path, name='aircraft'):
 
 
 def load_aircraft(root, train, download=False):
+    """The variant-level split; classes in sorted order of the variant names, as the original's
+    sorted(set(variants)) of the split (variants.txt lists them in another order; every split of
+    the real data holds all 100)."""
     split = 'trainval' if train else 'test'
     if download:
         _download('aircraft', root, lambda: torchvision.datasets.FGVCAircraft(root, split=split, download=True))
@@ -399,7 +402,7 @@ def load_aircraft(root, train, download=False):
     variants_txt, listing_txt, box_txt = (os.path.join(base, f) for f in (
         'variants.txt', f'images_variant_{split}.txt', 'images_box.txt'))
     _require('aircraft', root, variants_txt, listing_txt, box_txt)
-    classes = [line for _, line in _lines(variants_txt)]
+    classes = sorted(line for _, line in _lines(variants_txt))
     index = {c: i for i, c in enumerate(classes)}
     boxes = aircraft_boxes(box_txt)
     paths, labels, crops, listed = [], [], [], []

@@ -209,13 +209,27 @@ def test_aircraft_images_are_cropped_to_their_box_values_as_they_are(tmp_path):
     images = tmp_path / 'fgvc-aircraft-2013b' / 'data' / 'images'
     for train, split in ((True, 'trainval'), (False, 'test')):
         ds = load_transfer('aircraft', str(tmp_path), train)
-        assert ds.classes == ['A300B4', 'F/A-18', '707-320', 'Cessna 172']
-        assert ds.labels == [c for _, c, _ in written[split]]
+        assert ds.classes == ['707-320', 'A300B4', 'Cessna 172', 'F/A-18']  # sorted, as the original's
+        order = ['A300B4', 'F/A-18', '707-320', 'Cessna 172']  # variants.txt, fakedata's class index c
+        assert ds.labels == [ds.classes.index(order[c]) for _, c, _ in written[split]]
         for i, (image_id, _, (x0, y0, x1, y1)) in enumerate(written[split]):
             img = ds[i][0]
             # the original's image.crop(box), not the official README's 1-based inclusive corners
             assert img.mode == 'RGB' and img.size == (x1 - x0, y1 - y0)
             np.testing.assert_array_equal(np.asarray(img), rgb(images / f'{image_id}.jpg')[y0:y1, x0:x1])
+
+
+def test_aircraft_labels_are_the_originals_sorted_variants_of_the_split(tmp_path):
+    """The original's Aircraft: variants = sorted(set(variants listed in the split)), label = index."""
+    fakedata.write_aircraft(str(tmp_path))
+    base = tmp_path / 'fgvc-aircraft-2013b' / 'data'
+    for train, split in ((True, 'trainval'), (False, 'test')):
+        listed = dict(line.split(' ', 1) for line in (base / f'images_variant_{split}.txt').read_text().splitlines())
+        variants = sorted(set(listed.values()))
+        ds = load_transfer('aircraft', str(tmp_path), train)
+        assert ds.classes == variants
+        expected = {str(base / 'images' / f'{i}.jpg'): variants.index(v) for i, v in listed.items()}
+        assert dict(zip(ds.paths, ds.labels)) == expected
 
 
 def test_transform_is_applied_and_datasets_pickle_for_workers(tmp_path):
