@@ -9,6 +9,7 @@
 The Mix-BT entries return a module mapping images to flattened backbone features (N, 512 or
 2048), loaded strictly (checkpoints.load_backbone). `weights` may be a local file or a URL.
 """
+import http.client
 import os
 
 import torch
@@ -60,16 +61,42 @@ def released_url(arch, dataset, variant=None):
     return RELEASE_URL + RELEASED[key][0]
 
 
+# Where scripts/download_checkpoints.sh puts the released files (the official resnet50.pth under a
+# less generic name): a file fetched where the network allows and copied there is used offline.
+LOCAL_CHECKPOINTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'checkpoints')
+
+
+def local_name(url):
+    name = os.path.basename(url)
+    return 'barlowtwins_official_resnet50.pth' if name == 'resnet50.pth' else name
+
+
+def _download(url, path):
+    """torch.hub's download (to a temporary file, renamed when complete); one error line offline."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.hub.download_url_to_file(url, path)
+    except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts, SSL, cut connections
+        reason = getattr(e, 'reason', None) or e
+        raise MixBTError(f'could not download {url} ({type(e).__name__}: {reason}). Offline, either pass '
+                         f'weights=<a local copy of the file>, or fetch it where the network allows (bash '
+                         f'scripts/download_checkpoints.sh {local_name(url)}) and put it in '
+                         f'{LOCAL_CHECKPOINTS}{os.sep}') from None
+
+
 def _load_state(weights):
+    """The checkpoint a local file or URL names, read weights-only. A URL's file is taken from
+    LOCAL_CHECKPOINTS when it is there, else from torch.hub's cache, else downloaded into the cache."""
     from mixbt.checkpoints import read_checkpoint
     if os.path.isfile(weights):
         return read_checkpoint(weights)
     if weights.startswith(('http://', 'https://')):
-        folder = os.path.join(torch.hub.get_dir(), 'checkpoints')
-        path = os.path.join(folder, os.path.basename(weights))
+        local = os.path.join(LOCAL_CHECKPOINTS, local_name(weights))
+        if os.path.isfile(local):
+            return read_checkpoint(local)
+        path = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(weights))
         if not os.path.isfile(path):
-            os.makedirs(folder, exist_ok=True)
-            torch.hub.download_url_to_file(weights, path)
+            _download(weights, path)
         return read_checkpoint(path)  # weights only, with the same clear errors as a local file
     raise MixBTError(f'weights {weights!r}: no such file, and not a URL')
 
@@ -99,10 +126,10 @@ def resnet50(pretrained=True, **kwargs):
     trained: the release has none), holding the official Barlow Twins weights. Every other key
     is checked. kwargs go to torchvision's constructor. The Mix-BT weights: mixbt_resnet50."""
     from torchvision.models import resnet50 as torchvision_resnet50
-    from mixbt.checkpoints import CheckpointError, _unwrap, compare_state
+    from mixbt.checkpoints import CheckpointError, compare_state, state_dict_of
     model = torchvision_resnet50(**kwargs)
     if pretrained:
-        state = _unwrap(_load_state(OFFICIAL_BT_URL))
+        state = state_dict_of(_load_state(OFFICIAL_BT_URL), OFFICIAL_BT_URL)
         missing, unexpected, shapes = compare_state(model.state_dict(), state)
         if unexpected or shapes or any(not k.startswith('fc.') for k in missing):
             raise CheckpointError(f'{OFFICIAL_BT_URL} does not match a torchvision ResNet-50: missing {missing[:5]}, '

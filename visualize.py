@@ -12,6 +12,7 @@ import argparse
 import importlib.util
 import os
 import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -25,7 +26,10 @@ from mixbt.knn import embed_images
 QUERIES, NEIGHBOURS = 10, 8
 TILE, FRAME, GAP = 64, 4, 12     # image side, frame width, space between the query and its neighbours (px)
 CELL = TILE + 2 * FRAME
-RETRIEVALS_SIZE = (CELL * (1 + NEIGHBOURS) + GAP, CELL * QUERIES)  # (width, height): 660 x 720 px
+HEADER, NAME = 56, 14            # the title band above the grid, the class-name band under each row (px)
+ROW = CELL + NAME
+RETRIEVALS_SIZE = (CELL * (1 + NEIGHBOURS) + GAP, HEADER + ROW * QUERIES)  # (width, height): 660 x 916 px
+TEXT = (20, 20, 20)
 EMBEDDING_SIZE = (800, 800)      # 8 x 8 in at 100 dpi
 BACKGROUND, QUERY_FRAME, GREEN, RED = (255, 255, 255), (128, 128, 128), (0, 190, 0), (220, 0, 0)
 MAX_POINTS = 5000
@@ -70,14 +74,54 @@ def _tile(image):
     return np.asarray(img.convert('RGB'))
 
 
-def retrieval_grid(query_images, neighbour_images, same_class):
-    """uint8 (height, width, 3) of RETRIEVALS_SIZE: one row per query, the query (grey frame), a gap,
-    then its neighbours framed GREEN (same class) or RED. Missing rows and cells stay blank."""
+def class_name(classes, c):
+    return classes[c] if classes is not None and 0 <= c < len(classes) else f'class {c}'
+
+
+def retrieval_texts(prefix, query_labels, neighbour_labels, same_class, classes=None):
+    """(title lines, class names per row: the query's, then each neighbour's) of the retrieval grid."""
+    same_class = np.asarray(same_class, dtype=bool)
+    hits = f' ({same_class.mean() * 100:.0f}% of them)' if same_class.size else ''
+    title = [f'{prefix}: nearest-neighbour retrievals ({len(query_labels)} test queries)',
+             f'each row: a test query (grey frame), then its {NEIGHBOURS} nearest memory images by cosine similarity',
+             f'frame green = same class as the query{hits}, red = another class; under each image: its class']
+    names = [[class_name(classes, int(q))] + [class_name(classes, int(c)) for c in row]
+             for q, row in zip(query_labels, neighbour_labels)]
+    return title, names
+
+
+def _font(size):
+    from PIL import ImageFont
+    try:
+        from matplotlib import font_manager  # ships DejaVu Sans: the same letters on every machine
+        return ImageFont.truetype(font_manager.findfont('DejaVu Sans'), size)
+    except (ImportError, OSError, ValueError):
+        return ImageFont.load_default()
+
+
+def _fit(draw, text, width, size, smallest=8):
+    """(text, font): the largest font from `size` down to `smallest` at which `text` fits `width`
+    pixels, else the text cut with an ellipsis at the smallest."""
+    for s in range(size, smallest - 1, -1):
+        font = _font(s)
+        if draw.textlength(text, font=font) <= width:
+            return text, font
+    while text and draw.textlength(text + '…', font=font) > width:
+        text = text[:-1]
+    return text + '…', font
+
+
+def retrieval_grid(query_images, neighbour_images, same_class, title=(), names=()):
+    """uint8 (height, width, 3) of RETRIEVALS_SIZE: the `title` lines in a HEADER band, then one row
+    per query: the query (grey frame), a gap, its neighbours framed GREEN (same class) or RED, and
+    each image's name from `names` (rows of query name, neighbour names) under it. Missing rows
+    and cells stay blank."""
+    from PIL import Image, ImageDraw
     width, height = RETRIEVALS_SIZE
     canvas = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
 
     def put(row, col, image, colour):
-        y, x = row * CELL, col * CELL + (GAP if col else 0)
+        y, x = HEADER + row * ROW, col * CELL + (GAP if col else 0)
         canvas[y:y + CELL, x:x + CELL] = colour
         canvas[y + FRAME:y + FRAME + TILE, x + FRAME:x + FRAME + TILE] = _tile(image)
 
@@ -85,7 +129,17 @@ def retrieval_grid(query_images, neighbour_images, same_class):
         put(row, 0, query_images[row], QUERY_FRAME)
         for col in range(min(len(neighbour_images[row]), NEIGHBOURS)):
             put(row, 1 + col, neighbour_images[row][col], GREEN if same_class[row][col] else RED)
-    return canvas
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+    for i, line in enumerate(title[:3]):
+        text, font = _fit(draw, line, width - 2 * FRAME, 13 if i == 0 else 11)
+        draw.text((FRAME, 4 + (18 + 15 * (i - 1) if i else 0)), text, fill=TEXT, font=font)
+    for row, row_names in enumerate(names[:QUERIES]):
+        for col, name in enumerate(row_names[:1 + NEIGHBOURS]):
+            text, font = _fit(draw, name, CELL - 2, 10, smallest=7)
+            x = col * CELL + (GAP if col else 0) + (CELL - draw.textlength(text, font=font)) / 2
+            draw.text((x, HEADER + row * ROW + CELL), text, fill=TEXT, font=font)
+    return np.asarray(picture)
 
 
 # ---------------------------------------------------------------- the 2-D map
@@ -160,8 +214,8 @@ def embedding_figure(points, labels, classes, title):
     ax = fig.add_axes([0.03, 0.03, 0.72 if legend else 0.94, 0.9])
     for c in present:
         at = labels == c
-        name = classes[c] if classes is not None and 0 <= c < len(classes) else f'class {c}'
-        ax.scatter(points[at, 0], points[at, 1], s=4, color=colours[c], alpha=0.8, linewidths=0, label=name)
+        ax.scatter(points[at, 0], points[at, 1], s=4, color=colours[c], alpha=0.8, linewidths=0,
+                   label=class_name(classes, c))
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=9)
@@ -206,18 +260,19 @@ def write_visuals(backbone, memory, test, spec, device, out_dir, prefix, classes
     queries = pick_queries(test_labels, QUERIES, seed)
     shown = subsample(len(test_labels), max_points, seed)
     wanted = np.union1d(queries, shown)  # embed each test image once
-    embed = lambda images: embed_images(backbone, images, spec.mean, spec.std, device, batch_size,
-                                        autocast_dtype, channels_last)
-    bank = embed(memory[0])
-    test_features = embed(_take(test[0], wanted))
+    embed = lambda images, desc: embed_images(backbone, images, spec.mean, spec.std, device, batch_size,
+                                              autocast_dtype, channels_last, desc=desc)
+    bank = embed(memory[0], 'visualize: memory images')
+    test_features = embed(_take(test[0], wanted), 'visualize: test images')
     if not D.is_main():
         return None
     position = {int(i): p for p, i in enumerate(wanted)}
     query_features = test_features[[position[int(i)] for i in queries]]
     neighbours = _numpy(nearest_neighbours(query_features, bank, NEIGHBOURS)) if len(queries) else np.zeros((0, 0), int)
     same_class = memory_labels[neighbours] == test_labels[queries][:, None]
-    grid = retrieval_grid(_numpy(_take(test[0], queries)),
-                          [_numpy(_take(memory[0], row)) for row in neighbours], same_class)
+    grid_title, names = retrieval_texts(prefix, test_labels[queries], memory_labels[neighbours], same_class, classes)
+    grid = retrieval_grid(_numpy(_take(test[0], queries)), [_numpy(_take(memory[0], row)) for row in neighbours],
+                          same_class, grid_title, names)
 
     points, method = project_2d(test_features[[position[int(i)] for i in shown]], seed, projection)
     title = f'{prefix}: {method} of {len(shown)} test embeddings'
@@ -253,17 +308,22 @@ def load_eval_data(dataset, root, subset=0, download=False, workers=0):
     return augment.eval_split(dataset, memory), augment.eval_split(dataset, test), list(memory.classes)
 
 
+RUN_DEFAULTS = {'subset': 0, 'data_root': 'data'}  # without a run folder; with one, its own values
+
+
 def get_args(argv=None):
-    from mixbt.checkpoints import resolve_dataset_arg
+    from mixbt.checkpoints import resolve_dataset_arg, run_args_of_checkpoint
     p = argparse.ArgumentParser(description='Nearest-neighbour retrievals and a 2-D embedding map of a checkpoint',
                                 allow_abbrev=False)
     a = p.add_argument
     a('model_path', metavar='CHECKPOINT', help='pretrained checkpoint (*_model.pth, last.pth, ...)')
     a('--dataset', default=None, choices=sorted(datasets.IN_MEMORY),
       help="default: the one the checkpoint's file name or run folder names, else cifar10")
-    a('--data_root', default='data')
+    a('--data_root', default=None, help="default: the run's own (args.json beside the checkpoint), else data")
     a('--out_dir', default=None, help="default: the checkpoint's folder")
-    a('--subset', default=0, type=int, help='use only the first N images of the memory and test splits')
+    a('--subset', default=None, type=int,
+      help="use only the first N images of the memory and test splits (default: the run's own --subset, "
+           "else 0 = all of them)")
     a('--seed', default=0, type=int, help='chooses the queries, the mapped subsample and the t-SNE')
     a('--projection', default='auto', choices=['auto', 'tsne', 'pca'],
       help=f'the embedding map: auto = t-SNE when openTSNE is installed ({OPENTSNE_PIN}), else PCA')
@@ -272,9 +332,36 @@ def get_args(argv=None):
     a('--workers', default=min(8, os.cpu_count() or 1), type=int)
     a('--download', action='store_true')
     args = resolve_dataset_arg(p.parse_args(argv), datasets.IN_MEMORY)
+    run = run_args_of_checkpoint(args.model_path)
+    run = run if run is not None and run.get('dataset') == args.dataset else {}
+    taken = []
+    for key, default in RUN_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, run.get(key, default))
+            taken += [f'--{key} {getattr(args, key)}'] if key in run else []
+    if taken and D.is_main():
+        print(f'visualize: {" ".join(taken)}: the run\'s own settings (its args.json)', flush=True)
     if args.subset < 0 or args.batch_size < 1:
         raise MixBTError('--subset must be >= 0 and --batch_size >= 1')
+    args.out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.model_path))
+    check_out_dir(args.out_dir)
     return args
+
+
+def check_out_dir(out_dir):
+    """Refuse an output folder that cannot be written before the embedding (minutes on a CPU), not
+    after it. A real probe file: os.access answers yes to root on a read-only mount."""
+    probe = os.path.abspath(out_dir)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise MixBTError(f'--out_dir {out_dir}: {probe} is a file, not a folder; choose another --out_dir')
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise MixBTError(f'--out_dir {out_dir} (default: the checkpoint\'s folder): cannot write in {probe} '
+                         f'({e.strerror or e}); choose a writable --out_dir') from None
 
 
 def main(argv=None):
@@ -284,9 +371,11 @@ def main(argv=None):
     backbone, _, _ = load_backbone(args.model_path, args.dataset)
     backbone.to(device)
     memory, test, classes = load_eval_data(args.dataset, args.data_root, args.subset, args.download, args.workers)
-    out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.model_path))
+    if D.is_main():
+        print(f'visualize: embedding {len(memory[1])} memory and {len(test[1])} test images on {device}'
+              + ('' if args.subset else ' (--subset N embeds only the first N of each)'), flush=True)
     prefix = os.path.splitext(os.path.basename(args.model_path))[0]
-    paths = write_visuals(backbone, memory, test, datasets.SPECS[args.dataset], device, out_dir, prefix,
+    paths = write_visuals(backbone, memory, test, datasets.SPECS[args.dataset], device, args.out_dir, prefix,
                           classes=classes, seed=args.seed, projection=args.projection, batch_size=args.batch_size)
     if paths:
         print('\n'.join(paths))

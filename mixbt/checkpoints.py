@@ -36,13 +36,15 @@ def _floating_tensors(obj, prefix=''):
 
 def non_finite_entries(obj):
     """Names of the floating-point tensors in `obj` (nested dicts/lists) that hold inf or NaN. One
-    host sync per device, not one per tensor."""
+    host sync per device, not one per tensor. The extremes carry any NaN or inf (min and max propagate
+    NaN) and take a fifth of isfinite's time on a CPU."""
     by_device = {}
     for name, t in _floating_tensors(obj):
-        by_device.setdefault(t.device, []).append((name, t))
+        if t.numel():
+            by_device.setdefault(t.device, []).append((name, t))
     bad = []
     for pairs in by_device.values():
-        finite = torch.stack([torch.isfinite(t).all() for _, t in pairs]).tolist()
+        finite = torch.stack([torch.stack(torch.aminmax(t)).isfinite().all() for _, t in pairs]).tolist()
         bad += [name for (name, _), ok in zip(pairs, finite) if not ok]
     return bad
 
@@ -152,17 +154,66 @@ def read_checkpoint(path):
 PROFILER_COUNTERS = ('total_ops', 'total_params')
 
 
-def _unwrap(obj):
+def _unwrap(obj, path=None):
     """The state dict inside the formats we know: raw, {'model': ...}, {'state_dict': ...}, DDP
-    prefixes; thop's profiling counters removed."""
+    prefixes; thop's profiling counters removed. `path` names the file in the error."""
     if isinstance(obj, dict) and 'model' in obj and isinstance(obj['model'], dict):
         obj = obj['model']
     elif isinstance(obj, dict) and 'state_dict' in obj and isinstance(obj['state_dict'], dict):
         obj = obj['state_dict']
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError('the file does not hold a state dict (a mapping of names to tensors)')
+        raise CheckpointError(f'{path or "the file"} does not hold a state dict (a mapping of names to tensors) '
+                              f'but {_describe(obj)}; give a model checkpoint (*_model.pth, last.pth, a '
+                              f'torchvision ResNet state dict)')
     return {re.sub(r'^(module\.)+', '', k): v for k, v in obj.items()
             if k.rsplit('.', 1)[-1] not in PROFILER_COUNTERS}
+
+
+def _describe(obj):
+    if isinstance(obj, dict):
+        odd = next((f'{k!r} ({type(v).__name__})' for k, v in obj.items() if not isinstance(v, torch.Tensor)), None)
+        return f'a dict whose entry {odd} is not a tensor' if odd else 'an empty dict'
+    return f'a {type(obj).__name__}'
+
+
+# Integer buffers that a model legitimately holds; every other tensor of a state dict is a weight
+# or a running statistic, which the model computes with in floating point.
+INTEGER_BUFFERS = ('num_batches_tracked',)
+
+
+def weight_problems(state):
+    """'<name> holds NaN', '<name> holds inf' or '<name> is int64, expected a floating-point tensor'
+    for each tensor of a state dict that no model can be evaluated with: load_state_dict would cast
+    integer weights silently, and a NaN or inf turns every feature into NaN."""
+    problems = []
+    floating = {}
+    for name, t in state.items():
+        if name.rsplit('.', 1)[-1] in INTEGER_BUFFERS:
+            continue
+        if t.is_floating_point():
+            floating[name] = t
+        else:
+            problems.append(f'{name} is {str(t.dtype).replace("torch.", "")}, expected a floating-point tensor')
+    for name in non_finite_entries(floating):
+        problems.append(f'{name} holds {"NaN" if torch.isnan(floating[name]).any() else "inf"}')
+    return problems
+
+
+def check_weights(state, path):
+    """`state` (an unwrapped state dict) unchanged; CheckpointError naming the file and its first
+    tensors that are not finite floating-point values (weight_problems)."""
+    problems = weight_problems(state)
+    if problems:
+        more = f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''
+        raise CheckpointError(f'{path}: {"; ".join(problems[:3])}{more}: not a usable model (a diverged run or a '
+                              f'damaged file); use an earlier checkpoint of the run, or fetch the file again')
+    return state
+
+
+def state_dict_of(obj, path):
+    """The checked state dict in a loaded checkpoint (_unwrap, then check_weights): what every
+    backbone loader works from."""
+    return check_weights(_unwrap(obj, path), path)
 
 
 def compare_state(expected, given):
@@ -248,33 +299,47 @@ def _check_all_keys(expected, state, path):
         raise CheckpointError(f'{path} does not match the model: ' + _format_problems(missing, unexpected, shapes))
 
 
-def dataset_of_checkpoint(path, choices):
-    """The pretraining data set that a checkpoint names, if one of `choices`: from its file name
-    (the reference's <id>_<lmbda>_<dim>_<batch>_<dataset>_model[_<epoch>].pth and
-    ..._imagenet_resnet50.pth), else from the args.json of the main.py run folder holding it;
-    None when neither says."""
-    name = os.path.basename(path)
-    found = re.search(r'_(' + '|'.join(sorted(map(re.escape, choices), key=len, reverse=True))
-                      + r')_(model(_\d+)?|resnet18|resnet50)\.pth$', name)
-    if found:
-        return found.group(1)
+def run_args_of_checkpoint(path):
+    """The settings (args.json) of the main.py run folder holding a checkpoint, else None."""
     args_json = os.path.join(os.path.dirname(os.path.abspath(path)), 'args.json')
     try:
         with open(args_json) as f:
             saved = json.load(f)
     except (OSError, ValueError):
         return None
-    if isinstance(saved, dict) and 'lmbda' in saved and saved.get('dataset') in choices:  # a main.py run folder
-        return saved['dataset']
-    return None
+    return saved if isinstance(saved, dict) and 'lmbda' in saved and 'dataset' in saved else None
+
+
+def dataset_of_checkpoint(path, choices, how=False):
+    """The pretraining data set that a checkpoint names, if one of `choices`: from its file name
+    (the reference's <id>_<lmbda>_<dim>_<batch>_<dataset>_model[_<epoch>].pth and
+    ..._imagenet_resnet50.pth), else from the args.json of the main.py run folder holding it;
+    None when neither says. how=True: (data set, where it was read) instead."""
+    name = os.path.basename(path)
+    found = re.search(r'_(' + '|'.join(sorted(map(re.escape, choices), key=len, reverse=True))
+                      + r')_(model(_\d+)?|resnet18|resnet50)\.pth$', name)
+    saved = None if found else run_args_of_checkpoint(path)
+    if found:
+        result = found.group(1), 'its file name'
+    elif saved is not None and saved['dataset'] in choices:
+        result = saved['dataset'], "its run folder's args.json"
+    else:
+        result = None, None
+    return result if how else result[0]
 
 
 def resolve_dataset_arg(args, choices, default='cifar10'):
     """--dataset left out: the checkpoint's own data set (dataset_of_checkpoint), else `default`
-    (the original scripts' default), said aloud."""
+    (the original scripts' default), said aloud. --dataset given: CheckpointError when the
+    checkpoint names another one (a CIFAR-10 backbone evaluated as CIFAR-100 loads, since the two
+    share the stem, and reports a meaningless number)."""
+    inferred, where = dataset_of_checkpoint(args.model_path, choices, how=True)
     if args.dataset is not None:
+        if inferred is not None and inferred != args.dataset:
+            raise CheckpointError(f'{args.model_path} holds a backbone pretrained on {inferred} ({where} says so), '
+                                  f'not for --dataset {args.dataset}: leave --dataset out, or give a checkpoint '
+                                  f'pretrained on {args.dataset}')
         return args
-    inferred = dataset_of_checkpoint(args.model_path, choices)
     args.dataset = inferred or default
     if int(os.environ.get('RANK', '0')) == 0:
         print(f'--dataset {args.dataset}: ' + ('named by the checkpoint' if inferred else
@@ -293,7 +358,7 @@ def load_backbone(path, dataset, arch=None, state=None):
     anything else is an error that names it. `state` (already loaded) replaces reading
     `path`, which then only names the source in messages. Returns (backbone, embedding size, arch).
     """
-    state = _unwrap(read_checkpoint(path) if state is None else state)
+    state = state_dict_of(read_checkpoint(path) if state is None else state, path)
     if any(k.startswith('f.') for k in state):
         if dataset not in IN_MEMORY:
             raise CheckpointError(f'{path} holds a small-data backbone (keys f.*); it cannot be used for {dataset!r}')

@@ -1,3 +1,5 @@
+import json
+import os
 import struct
 import sys
 import types
@@ -79,7 +81,7 @@ def test_retrieval_frames_are_green_for_the_query_class_and_red_otherwise(tmp_pa
     queries = V.pick_queries(test[1], seed=0)
     assert len(queries) == V.QUERIES
     for row, q in enumerate(queries):
-        y = row * V.CELL
+        y = V.HEADER + row * V.ROW
         assert tuple(grid[y + 1, 1]) == V.QUERY_FRAME
         frames = [tuple(grid[y + 1, V.GAP + (1 + col) * V.CELL + 1]) for col in range(V.NEIGHBOURS)]
         green = expected_green[int(test[1][q])]
@@ -94,11 +96,41 @@ def test_pngs_have_the_stated_pixel_sizes_also_with_few_images(tmp_path):
     memory = (row_images([0, 1, 2]), np.array([0, 1, 2]))
     test = (row_images([0, 1, 0, 1]), np.array([0, 1, 0, 1]))
     paths = V.write_visuals(RowOfClass(), memory, test, data.SPECS['cifar10'], CPU, str(tmp_path), 'few')
-    assert png_size(paths[0]) == V.RETRIEVALS_SIZE == (660, 720)
+    assert png_size(paths[0]) == V.RETRIEVALS_SIZE == (660, 916)
     assert png_size(paths[1]) == V.EMBEDDING_SIZE == (800, 800)
     grid = np.asarray(Image.open(paths[0]).convert('RGB'))
-    assert (grid[4 * V.CELL:] == V.BACKGROUND).all()                              # rows 5..10: no query
-    assert (grid[:, V.GAP + 4 * V.CELL:] == V.BACKGROUND).all()                   # neighbours 4..8: no image
+    assert (grid[V.HEADER + 4 * V.ROW:] == V.BACKGROUND).all()                    # rows 5..10: no query
+    assert (grid[V.HEADER:, V.GAP + 4 * V.CELL:] == V.BACKGROUND).all()           # neighbours 4..8: no image, no name
+
+
+def dark(pixels):
+    return (np.asarray(pixels) < 100).all(axis=-1)
+
+
+def test_retrievals_say_what_the_grid_is_and_name_each_image_class(tmp_path):
+    memory, test, _ = known_case()
+    classes = ['T-shirt/top', 'Trouser', 'Pullover', 'Ankle boot']
+    paths = V.write_visuals(RowOfClass(), memory, test, data.SPECS['cifar10'], CPU, str(tmp_path), 'run', classes=classes)
+    queries = V.pick_queries(test[1], seed=0)
+    neighbours = V.nearest_neighbours(torch.eye(4)[test[1][queries]], torch.eye(4)[memory[1]]).numpy()
+    same = memory[1][neighbours] == test[1][queries][:, None]
+    title, names = V.retrieval_texts('run', test[1][queries], memory[1][neighbours], same, classes)
+    assert 'run: nearest-neighbour retrievals (10 test queries)' in title[0]
+    assert 'test query (grey frame), then its 8 nearest memory images' in title[1]
+    assert f'green = same class as the query ({same.mean() * 100:.0f}% of them), red = another class' in title[2]
+    assert names[0] == [classes[test[1][queries[0]]]] + [classes[c] for c in memory[1][neighbours[0]]]
+    assert names[-1][0] == 'Ankle boot' and 'Ankle boot' not in names[-1][1:]    # class 3 has no memory image
+
+    grid = np.asarray(Image.open(paths[0]).convert('RGB'))
+    assert dark(grid[:V.HEADER]).sum() > 500                                      # three lines of title
+    for row in range(V.QUERIES):
+        band = grid[V.HEADER + row * V.ROW + V.CELL:V.HEADER + (row + 1) * V.ROW]
+        assert all(dark(band[:, c * V.CELL + (V.GAP if c else 0):][:, :V.CELL]).sum() > 10 for c in range(9))
+    unnamed = np.asarray(Image.fromarray(V.retrieval_grid(test[0][queries], [memory[0][n] for n in neighbours], same)))
+    assert not dark(unnamed[:V.HEADER]).any() and not (unnamed[V.HEADER + V.CELL:V.HEADER + V.ROW] != 255).any()
+    other = V.retrieval_grid(test[0][queries], [memory[0][n] for n in neighbours], same, title,
+                             [[n.upper() for n in row] for row in names])
+    assert not np.array_equal(other[V.HEADER + V.CELL:V.HEADER + V.ROW], grid[V.HEADER + V.CELL:V.HEADER + V.ROW])
 
 
 def test_wandb_run_gets_both_images(tmp_path, fake_wandb):
@@ -205,3 +237,97 @@ def test_command_line_refuses_a_checkpoint_of_another_data_set_in_one_line(tmp_p
     assert e.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith('error: ') and 'stl10' in err[0]
+
+
+@pytest.fixture
+def no_embedding(monkeypatch):
+    """visualize.main's data loading and embedding (minutes on a real data set) must not start."""
+    def refuse(*args, **kwargs):
+        raise AssertionError('started loading or embedding images')
+    monkeypatch.setattr(V, 'embed_images', refuse)
+    monkeypatch.setattr(V, 'load_eval_data', refuse)
+
+
+def one_error_line(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        run_command(lambda: V.main(argv))
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: '), err
+    return err[0]
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_the_embedding(tmp_path, capsys, no_embedding):
+    ckpt = released_checkpoint(tmp_path)
+    (tmp_path / 'a_file').write_text('not a folder')
+    err = one_error_line(capsys, [str(ckpt), '--out_dir', str(tmp_path / 'a_file' / 'pictures'), '--gpu', '-1'])
+    assert 'a_file is a file, not a folder; choose another --out_dir' in err
+    assert not (tmp_path / 'a_file' / 'pictures').exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root writes in a read-only folder')
+def test_a_read_only_checkpoint_folder_is_refused_before_the_embedding(tmp_path, capsys, no_embedding):
+    (tmp_path / 'released').mkdir()
+    ckpt = released_checkpoint(tmp_path / 'released')
+    (tmp_path / 'released').chmod(0o555)
+    try:
+        err = one_error_line(capsys, [str(ckpt), '--gpu', '-1'])
+    finally:
+        (tmp_path / 'released').chmod(0o755)
+    assert 'cannot write in' in err and 'choose a writable --out_dir' in err
+
+
+def test_a_checkpoint_of_another_data_set_with_the_same_stem_is_refused(tmp_path, capsys, no_embedding):
+    """A CIFAR-10 backbone loads as a CIFAR-100 one (the same stem): only its name tells them apart."""
+    ckpt = released_checkpoint(tmp_path, 'cifar10')
+    err = one_error_line(capsys, [str(ckpt), '--dataset', 'cifar100', '--gpu', '-1'])
+    assert f'{ckpt} holds a backbone pretrained on cifar10 (its file name says so), not for --dataset cifar100' in err
+
+
+@pytest.mark.parametrize('damage,named', [
+    (lambda s: s['f.0.weight'].view(-1).__setitem__(5, float('nan')), 'f.0.weight holds NaN'),
+    (lambda s: s['f.1.running_var'].__setitem__(0, float('inf')), 'f.1.running_var holds inf'),
+    (lambda s: s.__setitem__('f.0.weight', s['f.0.weight'].long()), 'f.0.weight is int64, expected a floating-point'),
+])
+def test_a_checkpoint_that_is_not_finite_floats_is_refused_naming_the_tensor(tmp_path, capsys, no_embedding,
+                                                                            damage, named):
+    ckpt = released_checkpoint(tmp_path)
+    state = torch.load(ckpt)
+    damage(state)
+    torch.save(state, ckpt)
+    err = one_error_line(capsys, [str(ckpt), '--gpu', '-1'])
+    assert f'{ckpt}: {named}' in err
+
+
+def run_folder(tmp_path, **saved):
+    folder = tmp_path / 'results' / 'run1'
+    folder.mkdir(parents=True)
+    (folder / 'args.json').write_text(json.dumps({'lmbda': 0.0078125, 'dataset': 'cifar10', **saved}))
+    torch.save({'epoch': 1, 'model': M.Model(32, 'resnet18', False).state_dict()}, folder / 'last.pth')
+    return str(folder / 'last.pth')
+
+
+def test_a_run_checkpoint_is_shown_with_the_runs_own_subset_and_data(tmp_path, capsys):
+    root = str(tmp_path / 'data')
+    ckpt = run_folder(tmp_path, subset=256, data_root=root)
+    args = V.get_args([ckpt])
+    assert (args.dataset, args.subset, args.data_root) == ('cifar10', 256, root)
+    assert f"--subset 256 --data_root {root}: the run's own settings" in capsys.readouterr().out
+    args = V.get_args([ckpt, '--subset', '0', '--data_root', 'elsewhere'])           # said on the command line
+    assert (args.subset, args.data_root) == (0, 'elsewhere')
+    released = V.get_args([str(released_checkpoint(tmp_path))])                       # no run folder
+    assert (released.subset, released.data_root) == (0, 'data')
+
+
+@pytest.mark.slow
+def test_the_command_line_embeds_the_run_subset_with_a_progress_bar(tmp_path, capsys, monkeypatch):
+    fakedata.write_cifar(str(tmp_path / 'data'), 'cifar10', n_train=20, n_test=20)
+    ckpt = run_folder(tmp_path, subset=6, data_root=str(tmp_path / 'data'))
+    sizes = []
+    embed = V.embed_images
+    monkeypatch.setattr(V, 'embed_images', lambda bb, images, *a, **k: sizes.append((len(images), k['desc']))
+                        or embed(bb, images, *a, **k))
+    paths = V.main([ckpt, '--gpu', '-1', '--workers', '0', '--projection', 'pca'])
+    assert sizes == [(6, 'visualize: memory images'), (6, 'visualize: test images')]
+    assert 'visualize: embedding 6 memory and 6 test images on cpu' in capsys.readouterr().out
+    assert png_size(paths[0]) == V.RETRIEVALS_SIZE
