@@ -21,14 +21,15 @@ class Model(nn.Module):
 
     g is the reference head E-512-feature_dim (Linear without bias, BN, ReLU, Linear with
     bias), or the MLP `projector` (e.g. '2048-2048-2048') of a baseline, which likewise ends
-    in a Linear with bias, as the originals' heads do (W-MSE's get_head, INTL's projector).
+    in a Linear with bias, as the originals' heads do (W-MSE's get_head, INTL's projector);
+    `hidden_bias`: its other Linear layers have biases too (W-MSE's get_head; INTL's have none).
     """
 
-    def __init__(self, feature_dim=128, arch='resnet50', maxpool=False, projector=None):
+    def __init__(self, feature_dim=128, arch='resnet50', maxpool=False, projector=None, hidden_bias=False):
         super().__init__()
         self.f = small_backbone(arch, maxpool)
         sizes = [int(s) for s in projector.split('-')] if projector else [512, feature_dim]
-        self.g = mlp([EMBEDDING_SIZE[arch]] + sizes, last_bias=True)
+        self.g = mlp([EMBEDDING_SIZE[arch]] + sizes, last_bias=True, hidden_bias=hidden_bias)
 
     @property
     def backbone(self):
@@ -66,4 +67,12 @@ def build_model(args):
     spec = SPECS[args.dataset]
     if not spec.in_memory:
         return ImageNetModel(args.projector or '8192-8192-8192', args.arch)
-    return Model(args.feature_dim, args.arch, spec.maxpool, projector=getattr(args, 'projector', None))
+    return Model(args.feature_dim, args.arch, spec.maxpool, projector=getattr(args, 'projector', None),
+                 hidden_bias=head_hidden_bias(getattr(args, 'method', None)))
+
+
+def head_hidden_bias(method):
+    """Whether the method's head has biases before its BatchNorms: its class says so
+    (`head_hidden_bias`, the original code's head); the Mix-BT head has none."""
+    from mixbt.methods import METHODS
+    return bool(getattr(METHODS.get(method), 'head_hidden_bias', False))

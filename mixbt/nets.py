@@ -155,10 +155,13 @@ def small_backbone(arch='resnet18', maxpool=False):
     return nn.Sequential(*layers)
 
 
-def mlp(sizes, last_bias=False):
-    """Linear-BN-ReLU blocks, then a final Linear: the projector/predictor shape used everywhere."""
+def mlp(sizes, last_bias=False, hidden_bias=False):
+    """Linear-BN-ReLU blocks, then a final Linear: the projector/predictor shape used everywhere.
+    Biases: the Barlow Twins projectors have none before a BN (it would cancel), the W-MSE code's
+    heads (`get_head`) have them on every Linear (`hidden_bias`)."""
     layers = []
     for i in range(len(sizes) - 2):
-        layers += [nn.Linear(sizes[i], sizes[i + 1], bias=False), BatchNorm1d(sizes[i + 1]), nn.ReLU(inplace=True)]
+        layers += [nn.Linear(sizes[i], sizes[i + 1], bias=hidden_bias), BatchNorm1d(sizes[i + 1]),
+                   nn.ReLU(inplace=True)]
     layers.append(nn.Linear(sizes[-2], sizes[-1], bias=last_bias))
     return nn.Sequential(*layers)
