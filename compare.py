@@ -1,148 +1,49 @@
-"""Compare pretraining runs: kNN top-1 and the loss terms of several runs in one plot, and a table.
+"""Compare pretraining runs: kNN top-1, the loss terms and the monitors of several runs in one plot,
+and tables; runs repeated over seeds as mean ± std, and a paired comparison of two settings.
 
-    python compare.py results/<a> results/<b> ... [--out compare.png]
-    python compare.py 'results/*'          # a quoted glob: folders that are not pretraining runs are skipped
-    python compare.py results              # every pretraining run folder in results/
+    python3 compare.py results/<a> results/<b> ... [--out compare.png]
+    python3 compare.py 'results/*'          # a quoted glob: folders that are not runs are skipped
+    python3 compare.py results              # every pretraining run folder in results/
+    python3 compare.py results/eval/<name>  # an evaluate.py folder: what it evaluated, and its numbers
 
-Reads only what main.py leaves in a run folder (args.json and <prefix>_statistics.csv), plus an
-evaluation.csv (columns such as task,dataset,metric,value) or evaluation.md where an evaluation has
-been written there: it works offline and without torch. Curves and table rows are labelled by the
-settings that differ between the runs, e.g. `λ_BT=1/128 s=4`.
+Reads what main.py leaves in a run folder (args.json, <prefix>_statistics.csv) and what evaluate.py
+writes (results/eval/<checkpoint stem>/evaluation.csv): it works offline and without torch. An
+evaluation is shown as a run's only while the checkpoint it evaluated is unchanged (its recorded
+sha256). Runs are labelled by the settings that differ between them, e.g. `λ_BT=1/128 s=4`; runs
+that differ only in --seed form a group, shown as mean ± std (n), and each group is compared with
+the reference group (the first run's, or --reference) seed by seed: the mean paired difference
+with its 95 % t-interval.
 """
 import argparse
-import csv
-import glob
 import json
-import math
 import os
 import sys
 
+from mixbt import compare_plot, compare_stats, identity
+from mixbt.compare_runs import (NOT_SETTINGS, Evaluation, Run, attach_evaluations, default_eval_dirs, find,
+                                read_run, try_read)
 from mixbt.errors import MixBTError
 
-# Where and how fast a run ran, not what it is: never used to tell runs apart.
-NOT_SETTINGS = {'run_name', 'resume', 'results_dir', 'data_root', 'workers', 'gpu', 'log_every', 'download',
-                'save_every', 'knn_every', 'knn_init', 'compile', 'channels_last', 'aug', 'precision', 'fuse_views',
-                'sync_bn', 'lambda_mixup'}  # lambda_mixup only sets mixup_loss_scale
+__all__ = ['Evaluation', 'Run', 'read_run', 'try_read', 'find', 'report', 'check_out', 'main']
+
 # Label names of the usual settings (the paper's symbols where it has one); the others keep their flag name.
 SHORT = {'lmbda': 'λ_BT', 'mixup_loss_scale': 's', 'is_mixup': 'mixup', 'feature_dim': 'd', 'batch_size': 'batch',
          'lr_shed': 'schedule', 'corr_neg_one': 'hsic'}
 VALUE_ONLY = ('method', 'arch', 'dataset')  # their values name themselves: `mixbt`, `resnet18`, `cifar10`
 ORDER = ('method', 'arch', 'dataset', 'lmbda', 'mixup_loss_scale', 'is_mixup', 'feature_dim', 'batch_size', 'epochs',
          'lr', 'lr_shed', 'seed')
-RUN_FOLDER = 'a main.py run folder holds args.json and <run>_..._statistics.csv'
-
-
-class Run:
-    """One pretraining run folder: its settings, its per-epoch rows, and its evaluations if any."""
-
-    def __init__(self, path, args, rows, columns, evaluation=None, evaluation_md=None):
-        self.path, self.args, self.rows, self.columns = path, args, rows, columns
-        self.name = os.path.basename(os.path.normpath(path))
-        self.evaluation, self.evaluation_md = evaluation or [], evaluation_md
-
-    @property
-    def epochs_done(self):
-        return int(max((r['epoch'] for r in self.rows), default=0))
-
-    def last(self, key):
-        """The last logged value of `key` after epoch 0 (the random-init baseline), or None."""
-        return next((r[key] for r in reversed(self.rows) if isinstance(r.get(key), float) and r['epoch'] > 0), None)
-
-    def best_knn(self):
-        """(best kNN top-1, its epoch): the first epoch with the maximum, as main.py keeps its best model."""
-        points = [(r['knn_top1'], r['epoch']) for r in self.rows if isinstance(r.get('knn_top1'), float)
-                  and r['epoch'] > 0]
-        return max(points, key=lambda p: (p[0], -p[1])) if points else (None, None)
-
-
-def _number(text):
-    """A CSV cell: None when empty (main.py leaves kNN cells empty between evaluations), else a float,
-    else the text as it is."""
-    if text in (None, '', 'None'):
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def statistics_csv(folder):
-    found = glob.glob(os.path.join(glob.escape(folder), '*_statistics.csv'))
-    return max(found, key=os.path.getmtime) if found else None
-
-
-def read_run(folder):
-    """The Run in `folder`; MixBTError saying why when it is not a pretraining run folder."""
-    if not os.path.isdir(folder):
-        raise MixBTError(f'{folder}: no such folder ({RUN_FOLDER})')
-    if not os.path.isfile(os.path.join(folder, 'args.json')):
-        raise MixBTError(f'{folder} is not a run folder: no args.json ({RUN_FOLDER})')
-    path = statistics_csv(folder)
-    if path is None:
-        raise MixBTError(f'{folder} has no per-epoch statistics (*_statistics.csv): the run has not finished an epoch')
-    with open(path, newline='') as f:
-        reader = csv.DictReader(f)
-        columns = list(reader.fieldnames or [])
-        if 'epoch' not in columns or 'loss' not in columns:
-            kind = ('a linear/transfer evaluation run' if os.path.isfile(os.path.join(folder, 'results.json'))
-                    else 'not a pretraining run')
-            raise MixBTError(f'{folder} is {kind} (its statistics have no epoch/loss columns); compare.py compares '
-                             'pretraining run folders written by main.py')
-        rows = [{k: _number(v) for k, v in row.items() if k is not None} for row in reader]
-    if not all(isinstance(r.get('epoch'), float) for r in rows):
-        raise MixBTError(f'{path}: unreadable statistics (an epoch that is not a number)')
-    try:
-        with open(os.path.join(folder, 'args.json')) as f:
-            args = json.load(f)
-    except ValueError as e:
-        raise MixBTError(f'{folder}/args.json: not JSON ({e})') from None
-    evaluation, evaluation_md = [], None
-    if os.path.isfile(os.path.join(folder, 'evaluation.csv')):
-        with open(os.path.join(folder, 'evaluation.csv'), newline='') as f:
-            evaluation = list(csv.DictReader(f))
-    elif os.path.isfile(os.path.join(folder, 'evaluation.md')):
-        with open(os.path.join(folder, 'evaluation.md')) as f:
-            evaluation_md = f.read().strip()
-    return Run(folder, args, rows, columns, evaluation, evaluation_md)
-
-
-def find_runs(paths):
-    """The runs named by `paths`: run folders, quoted globs (non-runs skipped) or folders of run folders."""
-    runs = []
-    for path in paths:
-        if glob.has_magic(path):
-            found = [r for p in sorted(glob.glob(path)) if os.path.isdir(p) for r in try_read_run(p)]
-            if not found:
-                raise MixBTError(f'no pretraining run folders match {path!r} ({RUN_FOLDER})')
-            runs += found
-        elif (os.path.isdir(path) and not os.path.isfile(os.path.join(path, 'args.json'))
-              and any(entry.is_dir() for entry in os.scandir(path))):
-            found = [r for sub in sorted(os.listdir(path)) for r in try_read_run(os.path.join(path, sub))]
-            if not found:
-                raise MixBTError(f'{path} is not a run folder and holds no pretraining run folders ({RUN_FOLDER}); '
-                                 "to skip such folders in a glob, quote it: 'results/*'")
-            runs += found
-        else:
-            runs.append(read_run(path))
-    unique = {}
-    for run in runs:
-        unique.setdefault(os.path.realpath(run.path), run)
-    return list(unique.values())
-
-
-def try_read_run(path):
-    """[the Run in path], or [] when path is not a pretraining run folder."""
-    try:
-        return [read_run(path)]
-    except MixBTError:
-        return []
+# Panel titles of the per-epoch columns that have one; any other numeric column is plotted under its name.
+TITLES = {'knn_top1': 'kNN top-1 (%)', 'loss': 'loss', 'knn_train_top1': 'kNN top-1 on the training set (%)',
+          'gen_gap': 'generalisation gap (train - test kNN top-1)', 'erank_features': 'effective rank: features',
+          'erank_embeddings': 'effective rank: embeddings', 'offdiag_mass': 'off-diagonal mass of C',
+          'ondiag_mean': 'mean diagonal of C', 'linear_top1': 'linear top-1 (%)'}
 
 
 # ---------------------------------------------------------------------------- labels
-def differing_settings(runs):
+def differing_settings(runs, exclude=()):
     """The args.json keys whose values differ between the runs, the usual ones first."""
-    keys = {k for run in runs for k in run.args} - NOT_SETTINGS
-    differ = {k for k in keys if len({json.dumps(run.args.get(k), sort_keys=True) for run in runs}) > 1}
+    keys = {k for run in runs for k in run.args} - NOT_SETTINGS - set(exclude)
+    differ = {k for k in keys if len({json.dumps(run.args.get(k), sort_keys=True, default=str) for run in runs}) > 1}
     if 'method' in differ:  # the method already says whether there is mixup and which off-diagonal target
         differ -= {'is_mixup', 'corr_neg_one'}
     return sorted(differ, key=lambda k: (ORDER.index(k) if k in ORDER else len(ORDER), k))
@@ -157,9 +58,7 @@ def format_value(key, value):
             return f'1/{n}'
     if isinstance(value, (int, float)):
         return f'{value:g}'
-    if value is None:
-        return '-'
-    return str(value)
+    return '-' if value is None else str(value)
 
 
 def label(run, keys):
@@ -169,11 +68,17 @@ def label(run, keys):
 
 
 def labels(runs):
-    """One legend label per run; runs that no setting tells apart keep their folder name too."""
+    """The settings that tell each run apart; runs that no setting tells apart keep their folder name too."""
     keys = differing_settings(runs)
     out = [label(run, keys) for run in runs]
     return [f'{text} ({run.name})' if out.count(text) > 1 and text != run.name else text
             for text, run in zip(out, runs)]
+
+
+def group_labels(groups):
+    """The settings that tell each group apart (the seed never does), with its number of seeds."""
+    keys = differing_settings([g.runs[0] for g in groups], exclude=('seed',))
+    return [' '.join(label(g.runs[0], keys).split()) if keys else 'all runs' for g in groups]
 
 
 # ---------------------------------------------------------------------------- tables
@@ -185,119 +90,272 @@ def markdown(headers, rows):
     return '\n'.join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
 
 
-def _fmt(value, spec):
-    return '-' if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+def fmt(value, spec):
+    """A number as the tables show it: NaN as nan (a diverged run says so), nothing as '-'."""
+    return '-' if value is None else format(value, spec)
+
+
+METRICS = (('final loss', lambda run: run.last('loss'), '.4g'),
+           ('final kNN top-1', lambda run: run.last('knn_top1'), '.2f'),
+           ('best kNN top-1', lambda run: run.best_knn()[0], '.2f'))
+
+
+def monitor_columns(runs):
+    columns = []
+    for run in runs:
+        columns += [c for c in run.monitor_columns() if c not in columns]
+    return columns
+
+
+def epochs_text(runs):
+    done = sorted({run.epochs_done for run in runs})
+    targets = sorted({run.args.get('epochs') for run in runs if run.args.get('epochs')}, key=str)
+    text = f'{done[0]}' if len(done) == 1 else f'{done[0]}-{done[-1]}'
+    text += f'/{"|".join(map(str, targets))}' if targets else ''
+    torn = sum(len(run.torn) for run in runs)
+    return text + (f' ({torn} torn row{"s" * (torn > 1)})' if torn else '')
 
 
 def summary_table(runs):
     """Final and best metrics per run, as a markdown table."""
+    names = labels(runs)
     keys = differing_settings(runs)
     rows = []
-    for run in runs:
+    for run, text in zip(runs, names):
         best, at = run.best_knn()
-        target = run.args.get('epochs')
-        rows.append([run.name, label(run, keys) if keys else '-',
-                     f'{run.epochs_done}/{target}' if target else run.epochs_done,
-                     _fmt(run.last('loss'), '.4g'), _fmt(run.last('knn_top1'), '.2f'),
-                     '-' if best is None else f'{best:.2f} @ {at:g}'])
+        rows.append([run.name, text if keys else '-', epochs_text([run]), fmt(run.last('loss'), '.4g'),
+                     fmt(run.last('knn_top1'), '.2f'), '-' if best is None else f'{best:.2f} @ {at:g}'])
     return markdown(['run', 'settings', 'epochs', 'final loss', 'final kNN top-1', 'best kNN top-1 @ epoch'], rows)
 
 
-def evaluation_tables(runs):
-    """The runs' evaluation.csv rows side by side (one column per run when the CSV has a `value`
-    column), then any evaluation.md that has no CSV next to it; '' when no run has an evaluation."""
-    parts = []
-    with_csv = [run for run in runs if run.evaluation]
-    if with_csv:
-        columns = []
-        for run in with_csv:
-            columns += [c for c in run.evaluation[0] if c not in columns]
-        if 'value' in columns:
-            keys = [c for c in columns if c != 'value']
-            table = {}
-            for run in with_csv:
-                for row in run.evaluation:
-                    table.setdefault(tuple(row.get(k, '') for k in keys), {})[run.name] = row.get('value', '')
-            rows = [list(key) + [values.get(run.name, '-') for run in with_csv] for key, values in table.items()]
-            parts.append(markdown(keys + [run.name for run in with_csv], rows))
-        else:
-            parts.append(markdown(['run'] + columns,
-                                  [[run.name] + [row.get(c, '') for c in columns] for run in with_csv
-                                   for row in run.evaluation]))
-    for run in runs:
-        if run.evaluation_md and not run.evaluation:
-            parts.append(f'{run.name} (evaluation.md):\n\n{run.evaluation_md}')
+def monitors_table(runs):
+    """The last value of every monitor column (overfitting monitors...) per run; '' when none is logged."""
+    columns = monitor_columns(runs)
+    if not columns:
+        return ''
+    return markdown(['run'] + columns, [[run.name] + [fmt(run.last(c), '.4g') for c in columns] for run in runs])
+
+
+def groups_table(groups):
+    """One row per group of seeds: every metric as mean ± std (n runs)."""
+    columns = monitor_columns([run for g in groups for run in g.runs])
+    metrics = list(METRICS) + [(f'final {c}', lambda run, c=c: run.last(c), '.4g') for c in columns]
+    rows = [[text, ' '.join(map(str, g.seeds)), epochs_text(g.runs)]
+            + [compare_stats.mean_std_text([value(run) for run in g.runs], spec) for _, value, spec in metrics]
+            for g, text in zip(groups, group_labels(groups))]
+    return markdown(['settings', 'seeds', 'epochs'] + [name for name, _, _ in metrics], rows)
+
+
+def run_evaluation_values(run):
+    """{(task, dataset, metric): value} of the run's own evaluations (its best-kNN model's, or an
+    evaluation.csv put in the run folder)."""
+    values = {}
+    for evaluation in run.evaluations:
+        if evaluation.of_run is None or evaluation.of_run.endswith('_model.pth'):
+            values.update(evaluation.values())
+    return values
+
+
+def column_name(evaluation, run=None):
+    if run is None:
+        return evaluation.name
+    return run.name if evaluation.of_run is None or evaluation.of_run.endswith('_model.pth') \
+        else f'{run.name} ({evaluation.of_run})'
+
+
+def evaluation_tables(runs, evaluations=()):
+    """The evaluations side by side (task, dataset, metric rows; one column per run or evaluation
+    folder); a CSV without a value column as its rows; then any evaluation.md that has no CSV; '' when
+    there is none."""
+    shown = [(column_name(e, run), e) for run in runs for e in run.evaluations] + \
+            [(column_name(e), e) for e in evaluations]
+    parts, table = [], {}
+    valued = [(name, e) for name, e in shown if e.rows and 'value' in e.rows[0]]
+    for name, evaluation in valued:
+        for row in evaluation.rows:
+            table.setdefault(tuple(row.get(k, '') for k in ('task', 'dataset', 'metric')), {})[name] = row['value']
+    if table:
+        parts.append(markdown(['task', 'dataset', 'metric'] + [name for name, _ in valued],
+                              [list(key) + [values.get(name, '-') for name, _ in valued]
+                               for key, values in table.items()]))
+    other = [(name, e) for name, e in shown if e.rows and 'value' not in e.rows[0]]
+    columns = []
+    for _, evaluation in other:
+        columns += [c for c in evaluation.rows[0] if c not in columns]
+    if other:
+        parts.append(markdown(['run'] + columns, [[name] + [row.get(c, '') for c in columns]
+                                                  for name, e in other for row in e.rows]))
+    parts += [f'{name} (evaluation.md):\n\n{e.markdown}' for name, e in shown if e.markdown and not e.rows]
     return '\n\n'.join(parts)
+
+
+def group_evaluation_table(groups):
+    """The runs' evaluation numbers as mean ± std (n) per group; '' when no run has one."""
+    per_run = {id(run): run_evaluation_values(run) for g in groups for run in g.runs}
+    keys = []
+    for values in per_run.values():
+        keys += [k for k in values if k not in keys]
+    if not keys:
+        return ''
+    rows = [list(key) + [compare_stats.mean_std_text([per_run[id(run)].get(key) for run in g.runs])
+                         for g in groups] for key in keys]
+    return markdown(['task', 'dataset', 'metric'] + group_labels(groups), rows)
+
+
+def paired_table(groups, reference):
+    """Each group against the reference group, seed by seed, for kNN top-1 and every evaluation number."""
+    names = dict(zip(map(id, groups), group_labels(groups)))
+    metrics = [(name, value) for name, value, _ in METRICS[1:]]
+    keys = []
+    for g in groups:
+        for run in g.runs:
+            keys += [k for k in run_evaluation_values(run) if k not in keys]
+    metrics += [(' '.join(key), lambda run, key=key: run_evaluation_values(run).get(key)) for key in keys]
+    rows = []
+    for other in groups:
+        if other is reference:
+            continue
+        for metric, value in metrics:
+            interval = compare_stats.paired_interval(reference.by_seed(value), other.by_seed(value))
+            if interval is None:
+                continue
+            rows.append([f'{names[id(other)]} - {names[id(reference)]}', metric,
+                         f'{interval["n"]} ({" ".join(map(str, interval["seeds"]))})', f'{interval["mean"]:+.2f}',
+                         f'[{interval["low"]:+.2f}, {interval["high"]:+.2f}]',
+                         compare_stats.verdict(interval, names[id(other)])])
+    if not rows:
+        return ''
+    return markdown(['compared (same seeds)', 'metric', 'pairs (seeds)', 'mean difference', '95 % interval', ''],
+                    rows)
 
 
 # ---------------------------------------------------------------------------- plot
 def panels(runs):
-    """The plotted keys: kNN top-1, the loss, then every loss term logged by any of the runs."""
+    """The plotted keys: kNN top-1, the loss, every loss term, then every monitor column logged."""
     keys = [k for k in ('knn_top1', 'loss') if any(isinstance(r.get(k), float) for run in runs for r in run.rows)]
     for run in runs:
         keys += [c for c in run.columns if c.startswith('loss_') and c not in keys
                  and any(isinstance(r.get(c), float) for r in run.rows)]
-    return keys
+    return keys + [c for c in monitor_columns(runs) if c not in keys]
 
 
 def plot(runs, out):
-    """kNN top-1, loss and each loss term against epoch, one curve per run, one legend for all."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    """The picture at `out` (its name returned)."""
+    return compare_plot.save(figure(runs), out)
+
+
+def figure(runs):
+    """One panel per key of panels(), one curve per run, or per group of seeds (mean, ± std band)."""
+    groups = compare_stats.seed_groups(runs)
     keys = panels(runs)
-    if not keys:
-        raise MixBTError('nothing to plot: the runs have no logged loss or kNN values yet')
-    cols = len(keys) if len(keys) <= 4 else 3
-    rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
-    colors = (plt.get_cmap('tab10').colors if len(runs) <= 10
-              else [plt.get_cmap('viridis')(i / (len(runs) - 1)) for i in range(len(runs))])
-    names = labels(runs)
-    for ax, key in zip(axes.flat, keys):
-        values = []
-        for run, text, color in zip(runs, names, colors):
-            pts = [(r['epoch'], r[key]) for r in run.rows if isinstance(r.get(key), float)]
-            if key != 'knn_top1':
-                pts = [p for p in pts if p[0] > 0]
-            values += [p[1] for p in pts]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, label=text,
-                    marker='.' if len(pts) < 40 else None)
-        if key != 'knn_top1' and values and min(values) > 0 and max(values) > 20 * min(values):
-            ax.set_yscale('log')  # Barlow Twins losses fall by orders of magnitude in the first epochs
-        ax.set_title('kNN top-1 (%)' if key == 'knn_top1' else key, fontsize=10)
-        ax.set_xlabel('epoch')
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(keys):]:
-        ax.set_visible(False)
-    handles, texts = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, texts, loc='center left', bbox_to_anchor=(1.0, 0.5), fontsize='small', frameon=False)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=100, bbox_inches='tight')
-    plt.close(fig)
+    if any(len(g.runs) > 1 for g in groups):
+        series = [(f'{text} (seeds {" ".join(map(str, g.seeds))}: mean ± std)' if len(g.runs) > 1
+                   else f'{g.runs[0].name}: {text}', g.runs) for g, text in zip(groups, group_labels(groups))]
+    else:
+        keyed = bool(differing_settings(runs))
+        series = [(f'{run.name}: {text}' if keyed else run.name, [run]) for run, text in zip(runs, labels(runs))]
+    curves = [(text, {k: compare_stats.curve(members, k, skip_init=k != 'knn_top1') for k in keys})
+              for text, members in series]
+    return compare_plot.figure([(k, TITLES.get(k, k), k == 'loss' or k.startswith('loss_')) for k in keys], curves)
+
+
+def check_out(out):
+    """The picture's file name, checked before any work: a known format (no extension: .png) in a folder
+    that can be written. Returns the name that will be written."""
+    from matplotlib.backend_bases import FigureCanvasBase
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if os.path.isdir(out):
+        raise MixBTError(f'--out {out} is a folder; give a file name such as {os.path.join(out, "compare.png")}')
+    ext = os.path.splitext(out)[1]
+    if not ext:
+        out = out + '.png'
+    elif ext[1:].lower() not in formats:
+        raise MixBTError(f'--out {out}: {ext} is not a picture format matplotlib writes; use .png, .pdf or .svg')
+    probe = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise MixBTError(f'--out {out}: {probe} is a file, not a folder; choose another --out')
+    if not os.access(probe, os.W_OK | os.X_OK) or (os.path.exists(out) and not os.access(out, os.W_OK)):
+        raise MixBTError(f'--out {out}: {probe if not os.path.exists(out) else out} is not writable; '
+                         'choose another --out')
     return out
 
 
-def report(runs, out=None):
-    """The markdown summary of `runs` (and their evaluations); with `out`, also the plot there."""
-    text = summary_table(runs)
-    evaluations = evaluation_tables(runs)
-    if evaluations:
-        text += '\n\nEvaluations:\n\n' + evaluations
-    if out:
-        plot(runs, out)
-        text += f'\n\nPlot: {out}'
+# ---------------------------------------------------------------------------- the report
+def notes(runs):
+    lines = [f'{run.name}: {run.statistics} {part} is torn: not counted as an epoch (copy the run folder again, '
+             'or delete the line)' for run in runs for part in run.torn]
+    return lines + [note for run in runs for note in run.notes]
+
+
+def what_was_evaluated(evaluation):
+    """'<folder> is an evaluation of <checkpoint>', and whether that file still has the content evaluated."""
+    checkpoint = evaluation.checkpoint
+    text = f'{evaluation.path} is an evaluation (evaluate.py) of {checkpoint or "a checkpoint it does not name"}, ' \
+           'not a pretraining run'
+    if checkpoint and not os.path.isfile(checkpoint):
+        return text + '; that file is gone'
+    if checkpoint and evaluation.sha256 and evaluation.sha256 != {identity.file_sha256(checkpoint)}:
+        old = ', '.join(sorted(s[:12] for s in evaluation.sha256))
+        return text + f'; that file has been rewritten since (sha256 {old}... -> now ' \
+                      f'{identity.file_sha256(checkpoint)[:12]}...)'
     return text
 
 
+def report(runs, out=None, evaluations=(), reference=None, eval_dirs=None):
+    """The markdown summary of `runs` (and evaluation folders); with `out`, also the plot there.
+    `reference`: the run whose group the others are compared with (default: the first run)."""
+    for run in runs:
+        attach_evaluations(run, default_eval_dirs(runs) if eval_dirs is None else eval_dirs)
+    attached = {os.path.realpath(e.path) for run in runs for e in run.evaluations}
+    evaluations = [e for e in evaluations if os.path.realpath(e.path) not in attached]
+    parts = ['\n'.join(what_was_evaluated(e) for e in evaluations)] if evaluations else []
+    parts += [summary_table(runs)] if runs else []
+    monitors = monitors_table(runs)
+    if monitors:
+        parts.append('Monitors (last value):\n\n' + monitors)
+    groups = compare_stats.seed_groups(runs)
+    if any(len(g.runs) > 1 for g in groups):
+        parts.append('Over seeds (mean ± std (n runs); NaN counted apart):\n\n' + groups_table(groups))
+        ref = next((g for g in groups if reference in g.runs), groups[0])
+        for title, table in (('Evaluations over seeds', group_evaluation_table(groups)),
+                             ('Paired by seed (other - reference; 95 % t-interval of the mean difference)',
+                              paired_table(groups, ref))):
+            if table:
+                parts.append(f'{title}:\n\n{table}')
+    evaluations_text = evaluation_tables(runs, evaluations)
+    if evaluations_text:
+        parts.append('Evaluations:\n\n' + evaluations_text)
+    lines = notes(runs)
+    if lines:
+        parts.append('Notes:\n' + '\n'.join(f'- {line}' for line in lines))
+    if out and runs:
+        parts.append(f'Plot: {plot(runs, out)}')
+    return '\n\n'.join(parts)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description='Compare pretraining runs: one plot and one table', allow_abbrev=False)
-    p.add_argument('runs', nargs='+', help="run folders, quoted globs ('results/*') or folders of run folders")
-    p.add_argument('--out', default='compare.png', help='the plot (PNG)')
+    p = argparse.ArgumentParser(description='Compare pretraining runs: one plot and tables', allow_abbrev=False)
+    p.add_argument('runs', nargs='+', help="run folders, quoted globs ('results/*'), folders of run folders, or "
+                                           'evaluate.py folders')
+    p.add_argument('--out', default='compare.png', help='the plot (.png, .pdf, .svg; no extension: .png)')
+    p.add_argument('--reference', default=None,
+                   help='a run folder: its group (its settings, every seed) is the one the others are compared with '
+                        '(default: the first run)')
+    p.add_argument('--eval_dir', default=None, nargs='*',
+                   help="where evaluate.py's folders are (default: eval/ beside the run folders, evaluate.py's "
+                        'results/eval)')
     args = p.parse_args(argv)
     try:
-        print(report(find_runs(args.runs), args.out))
+        out = check_out(args.out)
+        runs, evaluations = find(args.runs)
+        reference = None
+        if args.reference:
+            reference = next((r for r in runs if os.path.realpath(r.path) == os.path.realpath(args.reference)), None)
+            if reference is None:
+                raise MixBTError(f'--reference {args.reference} is not one of the compared run folders')
+        print(report(runs, out, evaluations, reference, args.eval_dir))
     except MixBTError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

@@ -1,9 +1,10 @@
 """sweeps/: the paper's ablations as wandb sweep configurations, and sweeps/grid.py, which runs the same
-grid offline through a launch script (checked here with a stand-in python that records its command
-lines; one slow test trains two tiny real points)."""
+grid offline through a launch script: its points, their identities and its checks, in-process (no
+point runs here; tests/test_grid_runs.py runs them through a stand-in python)."""
 import argparse
 import glob
-import importlib.util
+import importlib
+import json
 import os
 import re
 
@@ -32,7 +33,7 @@ def sweep_of(name):
 
 def main_py_flags():
     """Every `'--flag'` string of main.py's parser: config.py, methods.py, baselines.py (read as text)."""
-    text = ''.join(open(os.path.join(ROOT, f)).read() for f in ('mixbt/config.py', 'mixbt/methods.py', 'mixbt/baselines.py'))
+    text = ''.join(open(os.path.join(ROOT, f)).read() for f in ('mixbt/config.py', *sorted(glob.glob(os.path.join(ROOT, 'mixbt', 'methods', '*.py')))))
     return set(re.findall(r"""['"]--([A-Za-z][\w-]*)['"]""", text))
 
 
@@ -135,6 +136,8 @@ command: ['${env}', '${interpreter}', '${program}', --dataset, cifar10, --arch, 
 """
 NAMES = ['sweep-resnet18-cifar10-lmbda0.0078125-s2', 'sweep-resnet18-cifar10-lmbda0.0078125-s4',
          'sweep-resnet18-cifar10-lmbda0.0009765-s2', 'sweep-resnet18-cifar10-lmbda0.0009765-s4']
+FIXED = ("command: ['${env}', '${interpreter}', '${program}', --dataset, cifar10, --arch, resnet18, --epochs, '7', "
+         "--lr, '0.5', --feature_dim, '32', --corr_zero, '${args}']\n")
 
 
 @pytest.fixture
@@ -150,7 +153,8 @@ def stub(tmp_path, monkeypatch):
     monkeypatch.setenv('CALLS', str(calls))
     monkeypatch.setenv('EPOCHS', '2')
     monkeypatch.delenv('RESULTS_DIR', raising=False)
-    for var in ('LMBDA', 'MIXUP_LOSS_SCALE', 'IS_MIXUP', 'STUB_FAIL', 'WANDB_RUN_GROUP', 'WANDB_NAME'):
+    for var in ('LMBDA', 'MIXUP_LOSS_SCALE', 'IS_MIXUP', 'FEATURE_DIM', 'LR', 'NPROC', 'GPU', 'STUB_FAIL',
+                'WANDB_RUN_GROUP', 'WANDB_NAME'):
         monkeypatch.delenv(var, raising=False)
     sweep = tmp_path / 'tiny.yaml'
     sweep.write_text(TINY)
@@ -170,11 +174,12 @@ def stub(tmp_path, monkeypatch):
 
 
 def flag(call, name):
-    return call[call.index(name) + 1]
+    """The value main.py takes: the last one given."""
+    return call[len(call) - call[::-1].index(name)]
 
 
 def write_point(results, name, epochs_done, epochs=2, lmbda=0.0078125, s=2.0):
-    """A run folder as main.py leaves it after `epochs_done` of `epochs` epochs."""
+    """The statistics main.py leaves in a point's folder after `epochs_done` of `epochs` epochs."""
     args = argparse.Namespace(dataset='cifar10', arch='resnet18', feature_dim=1024, batch_size=256, epochs=epochs,
                               lmbda=lmbda, mixup_loss_scale=s, is_mixup=True, method='mixbt', run_name=name, seed=3)
     log = runlog.RunLog(os.path.join(results, name), f'{name}_{lmbda}_1024_256_cifar10', args, 'test', name)
@@ -183,68 +188,71 @@ def write_point(results, name, epochs_done, epochs=2, lmbda=0.0078125, s=2.0):
                  'epoch_time': 1.0, 'images_per_s': 10.0, 'knn_top1': 20.0 + epoch, 'knn_top5': 50.0 + epoch})
 
 
-def test_grid_runs_every_point_through_the_launch_script(stub, capfd):
-    sweep, results, recorded = stub
-    assert grid.main([sweep, '--results_dir', results, '--', '--subset', '64']) == 0
-    calls = recorded()
-    assert [flag(c, '--run_name') for c in calls] == NAMES
-    points = [('0.0078125', '2'), ('0.0078125', '4'), ('0.0009765', '2'), ('0.0009765', '4')]
-    for call, (lmbda, s) in zip(calls, points):
-        assert call[0] == os.path.join(ROOT, 'main.py')
-        # swept values through the script's overrides, the rest of the recipe from the script itself
-        assert (flag(call, '--lmbda'), flag(call, '--mixup_loss_scale')) == (lmbda, s)
-        assert (flag(call, '--epochs'), flag(call, '--feature_dim'), flag(call, '--lr_shed')) == ('2', '1024', 'cosine')
-        assert flag(call, '--results_dir') == results and flag(call, '--dataset') == 'cifar10'
-        assert flag(call, '--seed') == '3' and flag(call, '--subset') == '64'  # no script variable; flags after --
-    out = capfd.readouterr().out
-    assert f'[1/4] {NAMES[0]}: new: LMBDA=0.0078125 MIXUP_LOSS_SCALE=2 bash ' in out
+def plan(sweep, *extra, seeds=None):
+    return grid.plan(grid.load_sweep(sweep, seeds), grid.default_script(grid.load_sweep(sweep)), list(extra))
 
 
-def test_rerun_skips_finished_points_and_resumes_interrupted_ones(stub, capfd):
-    sweep, results, recorded = stub
-    write_point(results, NAMES[0], epochs_done=2)
-    write_point(results, NAMES[1], epochs_done=1, s=4.0)
-    assert grid.main([sweep, '--results_dir', results]) == 0
-    assert [flag(c, '--run_name') for c in recorded()] == NAMES[1:]  # main.py resumes NAMES[1] from its last.pth
-    out = capfd.readouterr().out
-    assert f'[1/4] {NAMES[0]}: done (2/2 epochs), skipped' in out
-    assert f'[2/4] {NAMES[1]}: resumes after epoch 1: ' in out
-    # the summary of the grid's run folders (the stand-in wrote none for the other two points)
-    assert '2 of 4 points have run' in out
-    assert f'| {NAMES[0]} | s=2      | 2/2    |' in out and f'| {NAMES[1]} | s=4      | 1/2    |' in out
-    assert os.path.isfile(os.path.join(results, 'tiny_compare.png'))
+def test_the_sweeps_fixed_flags_go_to_the_run_through_the_scripts_overrides(stub):
+    sweep, _, _ = stub
+    with open(sweep, 'a') as f:
+        f.write(FIXED)
+    point = plan(sweep)[0]
+    assert point.env == {'EPOCHS': '7', 'LR': '0.5', 'FEATURE_DIM': '32', 'LMBDA': '0.0078125',
+                         'MIXUP_LOSS_SCALE': '2'}  # the script prints the values the run uses
+    assert point.flags == ['--dataset', 'cifar10', '--arch', 'resnet18', '--corr_zero', '--seed', '3']
+    assert (point.identity['--epochs'], point.identity['--lr'], point.identity['--feature_dim']) == ('7', '0.5', '32')
 
 
-def test_more_epochs_reopen_a_finished_point(stub, monkeypatch):
-    sweep, results, recorded = stub
-    write_point(results, NAMES[0], epochs_done=2)
-    monkeypatch.setenv('EPOCHS', '4')
-    assert grid.main([sweep, '--results_dir', results]) == 0
-    assert [flag(c, '--run_name') for c in recorded()] == NAMES
-    assert grid.main([sweep, '--results_dir', results, '--', '--epochs', '2']) == 0  # a flag after -- counts too
-    assert [flag(c, '--run_name') for c in recorded()][4:] == NAMES[1:]
+def test_a_points_identity_is_its_whole_command(stub, monkeypatch):
+    sweep, _, _ = stub
+    base = [p.identity for p in plan(sweep)]
+    assert len({json.dumps(i, sort_keys=True) for i in base}) == 4
+    assert [p.identity for p in plan(sweep, '--seed', '1')][0]['--seed'] == '1'
+    assert [p.identity for p in plan(sweep, '--epochs', '2')] == base  # EPOCHS=2 is the same run
+    monkeypatch.setenv('GPU', '1')  # where it runs is not what it is
+    assert [p.identity for p in plan(sweep)] == base
+    monkeypatch.setenv('FEATURE_DIM', '32')
+    assert plan(sweep)[0].identity == {**base[0], '--feature_dim': '32'}
+    monkeypatch.setenv('NPROC', '2')  # an override the script passes to torchrun, not to main.py
+    assert plan(sweep)[0].identity['$NPROC'] == '2'
+
+
+def test_a_point_continues_only_the_folder_that_records_its_identity(stub, tmp_path, capfd):
+    sweep, results, _ = stub
+    point, other = plan(sweep)[0], plan(sweep, '--seed', '1')[0]
+    assert grid.choose_folder(point, results) == (NAMES[0], None)  # no folder yet
+    os.makedirs(os.path.join(results, NAMES[0]))
+    name, note = grid.choose_folder(point, results)  # a folder without a record: never taken for this point
+    assert name == point.other_name and name.startswith(NAMES[0] + '-') and 'it has no identity record' in note
+    grid.identity.write_json(grid.record_path(results, NAMES[0]), point.identity)
+    assert grid.choose_folder(point, results) == (NAMES[0], None)
+    name, note = grid.choose_folder(other, results)
+    assert name == other.other_name != point.other_name
+    assert note == (f"{NAMES[0]} holds another command's run: computed afresh, the saved result was computed from "
+                    f"other inputs (--seed '3' -> '1'); this point runs in {other.other_name}")
+    os.makedirs(os.path.join(results, other.other_name))
+    grid.identity.write_json(grid.record_path(results, other.other_name), other.identity)
+    assert grid.choose_folder(other, results) == (other.other_name, None)
+    with open(grid.record_path(results, NAMES[0]), 'w') as f:
+        f.write('{"scri')
+    with pytest.raises(grid.MixBTError, match='sweep_point.json is not a readable grid point record'):
+        grid.choose_folder(point, results)
 
 
 def test_dry_run_lists_the_points_and_runs_nothing(stub, capfd):
     sweep, results, recorded = stub
     write_point(results, NAMES[2], epochs_done=2, lmbda=0.0009765)
+    grid.identity.write_json(grid.record_path(results, NAMES[2]), plan(sweep)[2].identity)
     assert grid.main([sweep, '--results_dir', results, '--dry_run']) == 0
     assert recorded() == []
     out = capfd.readouterr().out
     lines = [l for l in out.splitlines() if l.startswith('[')]
     assert len(lines) == 4 and f'[3/4] {NAMES[2]}: done (2/2 epochs), skipped' in lines
     assert lines[3].startswith(f'[4/4] {NAMES[3]}: new: LMBDA=0.0009765 MIXUP_LOSS_SCALE=4 bash ')
-    assert lines[3].endswith(f'scripts-pretrain-resnet18/cifar10.sh --seed 3 --run_name {NAMES[3]}')
+    assert lines[3].endswith(f'scripts-pretrain-resnet18/cifar10.sh --dataset cifar10 --arch resnet18 --seed 3 '
+                             f'--run_name {NAMES[3]}')
     assert f'| {NAMES[2]} |' in out and not os.path.exists(os.path.join(results, 'tiny_compare.png'))
-
-
-def test_a_failed_point_does_not_stop_the_grid(stub, monkeypatch, capfd):
-    sweep, results, recorded = stub
-    monkeypatch.setenv('STUB_FAIL', NAMES[1])
-    assert grid.main([sweep, '--results_dir', results]) == 1
-    assert len(recorded()) == 4
-    err = capfd.readouterr().err
-    assert f'error: 1 of 4 points failed ({NAMES[1]}); run the same command again' in err
+    assert not os.path.exists(os.path.join(results, NAMES[0]))
 
 
 def test_bad_sweep_file_or_script_is_a_one_line_error(tmp_path, capfd):
@@ -263,26 +271,58 @@ def test_bad_sweep_file_or_script_is_a_one_line_error(tmp_path, capfd):
     assert capfd.readouterr().err.startswith('error: ')
 
 
-@pytest.mark.slow
-def test_grid_trains_a_tiny_point_then_skips_it(tmp_path, capfd, monkeypatch):
-    """Real training through scripts-pretrain-resnet18/fashionmnist.sh: one epoch on 16 images, then the
-    rerun skips the finished point without starting main.py."""
-    import fakedata
-    fakedata.write_mnist_like(str(tmp_path / 'data' / 'FashionMNIST' / 'raw'))
-    sweep = tmp_path / 'tiny.yaml'
-    sweep.write_text('program: main.py\nmethod: grid\nparameters:\n  lmbda:\n    values: [0.0039062]\n'
-                     "command: ['${env}', '${interpreter}', '${program}', --dataset, fashionmnist, --arch, resnet18, "
-                     "'${args}']\n")
-    for var, value in {'EPOCHS': '1', 'FEATURE_DIM': '32', 'BATCH_SIZE': '8', 'GPU': '-1', 'PYTHON': 'python3',
-                       'DATA_ROOT': str(tmp_path / 'data'), 'WANDB_MODE': 'disabled', 'OMP_NUM_THREADS': '2'}.items():
-        monkeypatch.setenv(var, value)
-    args = [str(sweep), '--results_dir', str(tmp_path / 'results'), '--',
-            '--subset', '16', '--workers', '0', '--knn_every', '1', '--k', '5']
-    assert grid.main(args) == 0
-    out = capfd.readouterr().out
-    name = 'sweep-resnet18-fashionmnist-lmbda0.0039062'
-    assert os.path.isfile(tmp_path / 'results' / name / 'last.pth') and 'Epoch 1/1 loss' in out
-    assert re.search(rf'\| {name} \| - +\| 1/1 +\| [0-9.]+ +\| [0-9.]+ +\| [0-9.]+ @ 1 ', out), out
-    assert grid.main(args) == 0
-    out = capfd.readouterr().out
-    assert f'[1/1] {name}: done (1/1 epochs), skipped' in out and 'Epoch 1/1' not in out
+@pytest.mark.parametrize('values, says', [
+    ('"0.0078125"', "`values` must be a list, got str '0.0078125'; write values: [0.0078125]"),
+    ('[]', '`values` is empty, so the grid has no point'),
+    ('0.5', '`values` must be a list, got float 0.5; write values: [0.5] (or value: 0.5'),
+    ('[0.5, [1, 2]]', '[1, 2] is not a number, text or true/false'),
+    ('[0.5, null]', 'None is not a number, text or true/false'),
+    ('[4.0, 4]', '4 listed twice'),
+], ids=['text', 'empty', 'number', 'nested', 'null', 'twice'])
+def test_malformed_values_are_one_line_errors(stub, capfd, values, says):
+    sweep, results, recorded = stub
+    with open(sweep, 'w') as f:
+        f.write(TINY.replace('[2.0, 4.0]', values))
+    assert grid.main([sweep, '--results_dir', results, '--dry_run']) == 1
+    err = capfd.readouterr().err
+    assert err.startswith(f'error: {sweep}: parameter mixup_loss_scale: ') and err.count('\n') == 1, err
+    assert says in err and recorded() == []
+
+
+def test_seeds_axis_makes_each_seed_its_own_point(stub, capfd):
+    sweep, results, _ = stub
+    with open(sweep, 'w') as f:
+        f.write(TINY.replace('  seed:\n    value: 3\n', ''))
+    points = plan(sweep, seeds=[0, 1])
+    assert [p.base_name for p in points] == [f'{n}-seed{s}' for s in (0, 1) for n in NAMES]  # seed slowest
+    assert [p.identity['--seed'] for p in points] == ['0'] * 4 + ['1'] * 4
+    assert len({p.other_name for p in points}) == 8
+    with open(sweep, 'a') as f:
+        f.write('seeds: [0, 1]\n')
+    assert [p.identity for p in plan(sweep)] == [p.identity for p in points]  # the same axis in the file
+    assert grid.main([sweep, '--results_dir', results, '--dry_run']) == 0
+    assert capfd.readouterr().out.count('--seed ') == 8
+    assert grid.main([sweep, '--seeds', '2', '--results_dir', results, '--dry_run']) == 1
+    assert 'seeds given twice (--seeds and `seeds:`)' in capfd.readouterr().err
+    assert grid.main([sweep, '--results_dir', results, '--dry_run', '--', '--seed', '1']) == 1
+    assert '--seed after -- would give every seed of the seeds axis one seed' in capfd.readouterr().err
+    with open(sweep, 'w') as f:
+        f.write(TINY.replace('  seed:\n    value: 3\n', '') + 'seeds: "0 1"\n')
+    assert grid.main([sweep, '--results_dir', results, '--dry_run']) == 1
+    assert "parameter seeds: `values` must be a list, got str '0 1'" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize('extra', [['--run_name', 'x'], ['--results_dir', 'elsewhere'], ['--resume=r']])
+def test_flags_that_place_a_points_folder_are_refused_after_the_double_dash(stub, capfd, extra):
+    sweep, results, recorded = stub
+    assert grid.main([sweep, '--results_dir', results, '--', *extra]) == 1
+    err = capfd.readouterr().err
+    assert err.startswith('error: --') and 'give grid.py --results_dir instead' in err and recorded() == []
+
+
+@pytest.mark.parametrize('out', ['c.xyz', 'file.txt/c.png'])
+def test_a_bad_plot_name_is_refused_before_any_point_runs(stub, capfd, out, tmp_path):
+    sweep, results, recorded = stub
+    (tmp_path / 'file.txt').write_text('x')
+    assert grid.main([sweep, '--results_dir', results, '--out', str(tmp_path / out)]) == 1
+    assert capfd.readouterr().err.startswith('error: --out ') and recorded() == []
