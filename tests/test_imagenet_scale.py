@@ -3,7 +3,9 @@
 The mix-bt ImageNet script sums its cross-correlation matrices (C, and the four mixup
 matrices) with a plain torch.distributed.all_reduce, which autograd does not see: after
 DDP's averaging every parameter gradient is 1/W of the true one. Ours is the true gradient;
-utils.backward_step(grad_scale=1/W) reproduces the reference's on two real gloo processes."""
+utils.backward_step(grad_scale=1/W) reproduces the reference's on two real gloo processes. Here with
+--bt_loss global; the script's own loss (--bt_loss imagenet_reference) and its update are checked
+against a transcription of its forward in tests/test_imagenet_reference_loss.py."""
 import pytest
 import torch
 import torch.distributed as dist
