@@ -6,9 +6,13 @@
     torchrun --nproc_per_node=8 main.py --dataset imagenet --data_root /path/to/imagenet ...
 
 One process per device; torchrun (or srun) starts several, and the global batch
---batch_size is split over them. See README.md for every data set, method and script.
+--batch_size is split over them. The run in phases, as `Trainer` names them: set up (the model,
+the method, the optimiser), restore (a saved last.pth), train one epoch, evaluate (the kNN
+monitor), save (last, best, snapshot and export, in one place). See README.md.
 """
 import copy
+import hashlib
+import json
 import math
 import os
 import time
@@ -16,178 +20,80 @@ import time
 import torch
 from tqdm import tqdm
 
+import visualize
 from mixbt import data as datasets
 from mixbt import distributed as D
 from mixbt import knn
 from mixbt import probe
-import visualize
 from mixbt.checkpoints import atomic_save, load_strict, non_finite_entries
-from mixbt.errors import MixBTError
 from mixbt.config import get_args, print_config
+from mixbt.errors import MixBTError
+from mixbt.identity import IdentityMismatch, check_resume
 from mixbt.methods import METHODS, Progress, method_schedule_keys
-from model import build_model
 from mixbt.nets import plain_batchnorm, sync_batchnorm
+from mixbt.resume import (apply_settings, gather_rng_states, is_training_state, restore_rng_state,
+                          training_state)
 from mixbt.runlog import RunLog
-from mixbt.identity import check_resume
 from mixbt.runs import RunFolder, check_writable
-from utils import LARS, warmup_cosine_factor, set_lr, step_factor
-from mixbt.runtime import autocast_dtype, backward_step, grad_scaler, install_requeue_handler, rng_state, run_command, seed_everything, set_rng_state
+from mixbt.runtime import (autocast_dtype, backward_step, grad_scaler, install_requeue_handler, run_command,
+                           seed_everything)
+from mixbt.train_data import build_train_views, load_data
+from model import build_model
+from utils import build_optimizer, lr_factor, set_lr
 
 
 class NonFiniteLoss(MixBTError):
     pass
 
 
-# ---------------------------------------------------------------------------- data
-class CPUViews:
-    """torchvision/PIL views in DataLoader workers; every rank takes its slice of each global batch."""
-
-    def __init__(self, args, train, n_views, device):
-        from mixbt import augment
-        views = augment.ssl_views(args.dataset, args.image_size, args.pipeline)
-        transform = augment.MultiView([views[i % len(views)] for i in range(n_views)])
-        if args.dataset == 'imagenet':
-            self.dataset = datasets.imagenet_folder(args.data_root, 'train', transform, skip_bad=args.skip_bad_images)
-        else:
-            self.dataset = augment.ArrayDataset(train, transform)
-        if args.subset:
-            self.dataset = torch.utils.data.Subset(self.dataset, range(min(args.subset, len(self.dataset))))
-        self.per_rank = args.batch_size // D.world_size()
-        self.sampler = torch.utils.data.DistributedSampler(self.dataset, num_replicas=D.world_size(), rank=D.rank(),
-                                                           shuffle=True, seed=args.seed, drop_last=True)
-        self.loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.per_rank, sampler=self.sampler,
-                                                  num_workers=args.workers, pin_memory=device.type == 'cuda',
-                                                  drop_last=True, persistent_workers=False)
-        self.seed, self.device = args.seed, device
-
-    def __len__(self):
-        return len(self.loader)
-
-    def epoch(self, epoch):
-        self.sampler.set_epoch(epoch)
-        # Worker seeds derive from this generator: the same epoch gets the same augmentations
-        # whether or not the run was interrupted and resumed.
-        self.loader.generator = torch.Generator().manual_seed(self.seed * 100003 + epoch * 1009 + D.rank())
-        for views, _ in self.loader:
-            yield [v.to(self.device, non_blocking=True) for v in views]
+# On resume: settings that may change silently (where things live, how fast it runs, what is
+# monitored), and schedule settings that may change on purpose (e.g. more --epochs), announced
+# and applied. Every other setting, the seed included, is what the run is (identity.check_resume).
+RESUME_FREE = ('resume', 'run_name', 'results_dir', 'data_root', 'workers', 'gpu', 'download', 'log_every',
+               'knn_every', 'knn_init', 'save_every', 'precision', 'channels_last', 'compile', 'aug', 'fuse_views',
+               'sync_bn', 'temperature', 'k', 'skip_bad_images', 'visuals') + \
+    tuple(k for cls in METHODS.values() for k in cls.resume_free)
+RESUME_SCHEDULE = ('epochs', 'lr', 'lr_shed', 'lr_weights', 'lr_biases', 'weight_decay', 'warmup_epochs',
+                   'warmup_steps', 'ref_world_size') + method_schedule_keys()
 
 
-def build_train_views(args, train, n_views, device):
-    if args.aug == 'gpu':
-        from mixbt.gpu_augment import DeviceViews
-        return DeviceViews(args, train, n_views, device)
-    return CPUViews(args, train, n_views, device)
-
-
-def load_data(args):
-    """(SSL training data, kNN memory (images, labels), kNN test (images, labels)); ImageNet: (None, None, None)."""
-    from mixbt import augment
-    spec = datasets.SPECS[args.dataset]
-    if not spec.in_memory:
-        return None, None, None
-    if args.download and D.world_size() > 1:  # rank 0 downloads, the others wait
-        if D.is_main():
-            datasets.load(args.dataset, args.data_root, spec.splits[0], download=True, workers=args.workers,
-                          skip_bad=args.skip_bad_images)
-        D.barrier()
-    train, memory, test = datasets.load_splits(args.dataset, args.data_root, spec.splits, args.subset,
-                                               download=args.download and D.is_main(), workers=args.workers,
-                                               skip_bad=args.skip_bad_images)
-    return train, augment.eval_split(args.dataset, memory), augment.eval_split(args.dataset, test)
-
-
-# ---------------------------------------------------------------------------- optimisation
-def build_optimizer(args, model):
-    scale = args.batch_size / 256
-    if args.optimizer == 'lars':
-        weights = [p for p in model.parameters() if p.ndim != 1]
-        biases = [p for p in model.parameters() if p.ndim == 1]
-        groups = [{'params': weights, 'base_lr': args.lr_weights * scale},
-                  {'params': biases, 'base_lr': args.lr_biases * scale}]
-        return LARS(groups, lr=0, weight_decay=args.weight_decay, weight_decay_filter=True,
-                    lars_adaptation_filter=True)
-    # Reference: base = lr * batch/256 with the cosine schedule; the step schedule uses lr as is.
-    base = args.lr * scale if args.lr_shed in ('cosine', 'cosine_exact') else args.lr
-    groups = [{'params': [p for p in model.parameters() if p.requires_grad], 'base_lr': base}]
-    if args.optimizer == 'sgd':
-        return torch.optim.SGD(groups, lr=base, momentum=0.9, weight_decay=args.weight_decay)
-    return torch.optim.Adam(groups, lr=base, weight_decay=args.weight_decay)
-
-
-def lr_factor(args, step, steps_per_epoch):
-    """The factor on each group's base lr at 0-based global `step` (docs/protocol.md section 4)."""
-    if args.lr_shed in ('cosine', 'cosine_exact') or args.optimizer == 'lars':
-        first_epoch = 1 if args.lr_shed == 'cosine' and args.optimizer != 'lars' else 0
-        return warmup_cosine_factor(step, steps_per_epoch, args.epochs, args.warmup_epochs, first_epoch=first_epoch)
-    # step + 1: the W-MSE repository's warm-up, lr * (k + 1) / warmup_steps at its step k = 0, 1, ...
-    return step_factor(step // steps_per_epoch, args.epochs, step=step + 1, warmup_steps=args.warmup_steps)
-
-
-# ---------------------------------------------------------------------------- checkpoints
 def run_prefix(args, run_id):
     """The reference's file-name stem: <wandbid>_<lmbda>_<feature_dim>_<batch>_<dataset>
-    (baselines: the method's name in place of lmbda)."""
+    (a method without lambda: its name in place of lmbda; Method.run_tag)."""
     dim = args.projector.split('-')[-1] if args.projector else args.feature_dim
-    tag = args.lmbda if args.method in ('mixbt', 'barlowtwins', 'hsic') else args.method
+    tag = METHODS[args.method].run_tag(args, args.method)
     return f'{run_id}_{tag}_{dim}_{args.batch_size}_{args.dataset}'
 
 
-def method_extra_state(method):
-    return {k: v for k, v in method.state_dict().items() if not k.startswith('model.')}
+def identity_tag(args):
+    """A short digest of the run's identity: the default SLURM run name carries it, so the runs of a
+    loop inside one job (other seeds, other settings) get folders of their own, and a requeued job
+    finds its own again."""
+    identity = {k: v for k, v in sorted(vars(args).items()) if k not in RESUME_FREE + RESUME_SCHEDULE}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def training_state(epoch, model, method, optimizer, scaler, best, history, args, run_id, rng_states):
-    """What last.pth holds: everything a resumed run needs to continue as if never stopped."""
-    return {'epoch': epoch, 'model': model.state_dict(), 'method': method_extra_state(method),
-            'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict() if scaler else None,
-            'rng': rng_states[0], 'rng_per_rank': rng_states, 'best_acc': best, 'history': history,
-            'args': vars(args), 'run_id': run_id}
+def restore_point(folder, args):
+    """The saved state this run continues (None for a new run) and the schedule changes it makes."""
+    saved = folder.read_state()
+    if saved is None:
+        return None, []
+    changes = check_resume(saved.get('args', {}), args, RESUME_FREE, RESUME_SCHEDULE, folder.resume_path)
+    if changes and saved['epoch'] >= args.epochs:
+        raise IdentityMismatch(
+            f'{folder.resume_path} holds a finished run ({saved["epoch"]} epochs); this command changes '
+            f'{", ".join(changes)} but trains nothing more. Raise --epochs to continue it with these settings, or '
+            f'give this run its own folder (--run_name)')
+    return saved, changes
 
 
-def is_training_state(saved):
-    return isinstance(saved, dict) and 'model' in saved and 'epoch' in saved and 'optimizer' in saved
+def last_finite(epochs_saved, knob):
+    """What a run stopped by a non-finite value still has, truthfully."""
+    if epochs_saved == 0:
+        return f'no epoch had finished, so there is nothing to resume. Start again with a lower {knob}'
+    return f'last.pth holds epoch {epochs_saved}, the last finite state. Resume from it with a lower {knob}'
 
 
-# On resume: settings that may change silently (where things live, how fast it runs, what is
-# monitored), and schedule settings that may change on purpose (e.g. more --epochs), announced
-# and applied. Every other setting is what the run is (identity.check_resume).
-RESUME_FREE = ('resume', 'run_name', 'results_dir', 'data_root', 'workers', 'gpu', 'download', 'log_every',
-               'knn_every', 'knn_init', 'save_every', 'precision', 'channels_last', 'compile', 'aug', 'fuse_views',
-               'sync_bn', 'temperature', 'k', 'lambda_mixup', 'skip_bad_images', 'visuals')
-RESUME_SCHEDULE = ('epochs', 'lr', 'lr_shed', 'lr_weights', 'lr_biases', 'weight_decay', 'warmup_epochs',
-                   'warmup_steps', 'seed', 'ref_world_size') + method_schedule_keys()
-
-
-def apply_settings(optimizer, fresh_groups):
-    """After loading a saved optimizer state, its hyper-parameters become this command's (a
-    resumed run's changed --lr or --weight_decay take effect); the moments stay the saved ones."""
-    for group, fresh in zip(optimizer.param_groups, fresh_groups):
-        group.update({k: v for k, v in fresh.items() if k != 'params'})
-
-
-def gather_rng_states():
-    """Every rank's generator states, in rank order (on rank 0; None elsewhere)."""
-    state = rng_state()
-    if D.world_size() == 1:
-        return [state]
-    states = [None] * D.world_size()
-    torch.distributed.all_gather_object(states, state)
-    return states if D.is_main() else None
-
-
-def restore_rng_state(saved):
-    """This rank's own generator states: a resumed multi-process run continues every rank's stream."""
-    per_rank = saved.get('rng_per_rank')
-    if per_rank and len(per_rank) == D.world_size():
-        set_rng_state(per_rank[D.rank()])
-        return
-    if D.world_size() > 1 and D.is_main():
-        print(f'note: the saved random state is of {len(per_rank or [1])} process(es), not {D.world_size()}: the '
-              'continued run draws differently from an uninterrupted one')
-    set_rng_state(saved['rng'])
-
-
-# ---------------------------------------------------------------------------- training
 def profile(model, size):
     """Params and FLOPs with thop, on a copy so that no profiling buffer reaches a state dict."""
     try:
@@ -200,6 +106,7 @@ def profile(model, size):
 
 
 def train_one_epoch(args, epoch, ddp_method, method, optimizer, scaler, views_source, device, amp_dtype):
+    """One epoch of steps; the logged means (one host sync every --log_every steps)."""
     steps = len(views_source)
     method.train()
     sums = torch.zeros(1 + len(method.log_keys), device=device)
@@ -218,11 +125,11 @@ def train_one_epoch(args, epoch, ddp_method, method, optimizer, scaler, views_so
         count += 1
         seen += views[0].shape[0] * D.world_size()
         if (i + 1) % args.log_every == 0 or i + 1 == steps:
-            means = (sums / count).tolist()  # the only host sync: every log_every steps
+            means = (sums / count).tolist()
             if not all(math.isfinite(v) for v in means):
                 raise NonFiniteLoss(f'the loss became {means[0]} in epoch {epoch + 1} (by step {i + 1}/{steps}); '
-                                    f'training stopped and nothing of epoch {epoch + 1} was saved: last.pth holds '
-                                    f'epoch {epoch}, the last finite state. Resume from it with a lower --lr')
+                                    f'training stopped and nothing of epoch {epoch + 1} was saved: '
+                                    + last_finite(epoch, '--lr'))
             bar.set_postfix(loss=f'{means[0]:.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.2e}')
     elapsed = time.time() - start
     means = (sums / max(count, 1)).tolist()
@@ -231,192 +138,246 @@ def train_one_epoch(args, epoch, ddp_method, method, optimizer, scaler, views_so
     return stats
 
 
+class Trainer:
+    """One pretraining run, in phases: setup, restore, train_one_epoch, evaluate, save."""
+
+    def __init__(self, args, device, folder, data):
+        self.args, self.device, self.folder = args, device, folder
+        self.train, self.memory, self.test = data
+        self.spec = datasets.SPECS[args.dataset]
+        self.run_id, self.run_dir = folder.run_id, folder.path
+        self.prefix = run_prefix(args, self.run_id)
+        self.state_path = os.path.join(self.run_dir, 'last.pth')
+        self.model_path = os.path.join(self.run_dir, f'{self.prefix}_model.pth')
+        # The kNN monitor's k: --k, or the whole memory bank where it is smaller (the run records which).
+        self.k = min(args.k, len(self.memory[1])) if self.memory is not None else args.k
+        self.start_epoch, self.best, self.history = 0, {'top1': 0.0, 'top5': 0.0, 'epoch': 0}, []
+        self.final = {}  # the last epoch's W-MSE evaluation, for the summary
+
+    # ------------------------------------------------------------------------ set up
+    def setup(self):
+        args, device = self.args, self.device
+        self.model = build_model(args)
+        method = METHODS[args.method].build(args, self.model)
+        if D.is_main():
+            print_config(args, device)
+            counted = profile(self.model, args.image_size if not self.spec.in_memory else self.spec.size)
+            if counted:
+                print(f'# Model Params: {counted[1]} FLOPs: {counted[0]}')
+            if self.k != args.k:
+                print(f'note: --k {args.k} is larger than the memory bank ({self.k} images): the kNN monitor uses '
+                      f'k = {self.k}')
+        if args.sync_bn and D.world_size() > 1:
+            method = sync_batchnorm(method, device)
+        method.to(device)
+        if args.channels_last:
+            method.to(memory_format=torch.channels_last)
+        self.method = method
+        self.optimizer = build_optimizer(args, method)  # the method's own parameters too (BYOL predictor)
+        self.fresh_groups = [dict(g) for g in self.optimizer.param_groups]
+        self.amp_dtype = autocast_dtype(args.precision, device)
+        self.scaler = grad_scaler(self.amp_dtype, device)
+
+    # ------------------------------------------------------------------------ restore
+    def restore(self, saved, changes):
+        if saved is None:
+            return
+        load_strict(self.model, saved['model'], f'{self.folder.resume_path} (model)')
+        self.method.load_state_dict({**{f'model.{k}': v for k, v in self.model.state_dict().items()},
+                                     **saved['method']})
+        self.optimizer.load_state_dict(saved['optimizer'])
+        apply_settings(self.optimizer, self.fresh_groups)
+        if self.scaler is not None and saved.get('scaler'):
+            self.scaler.load_state_dict(saved['scaler'])
+        self.start_epoch, self.best, self.history = saved['epoch'], saved['best_acc'], saved['history']
+        restore_rng_state(saved)
+        if D.is_main():
+            print(f'Resumed {self.run_dir} at epoch {self.start_epoch}'
+                  + (f' with changed settings: {", ".join(changes)}' if changes else ''))
+
+    def start_logging_and_views(self):
+        args, method = self.args, self.method
+        self.log = RunLog(self.run_dir, self.prefix, args, f'Barlow-Twins-MixUp-{args.dataset}-{args.arch}',
+                          self.run_id, resume=self.start_epoch > 0 or bool(self.history), history=self.history,
+                          plot_keys=method.plot_keys + (('knn_top1', 'knn_top5', knn.EUCLID_KEY),))
+        if D.is_main():
+            print(f'Run folder: {self.run_dir}  (method {args.method}, {D.world_size()} process(es) on '
+                  f'{self.device})')
+        self.ddp_method = method
+        if D.world_size() > 1:
+            self.ddp_method = torch.nn.parallel.DistributedDataParallel(
+                method, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
+        if args.compile:
+            self.ddp_method = torch.compile(self.ddp_method)
+        self.views = build_train_views(args, self.train, method.n_views, self.device)
+        install_requeue_handler(self.state_path)
+
+    # ------------------------------------------------------------------------ evaluate
+    def monitor(self, features=False):
+        """The kNN monitor of the backbone (W-MSE pipeline: also its Euclidean 5-NN)."""
+        args = self.args
+        norm = datasets.select_pipeline(args.dataset, args.pipeline)  # evaluation normalises as training does
+        return knn.knn_metrics(self.model.backbone, self.memory, self.test, norm.mean, norm.std,
+                               self.spec.num_classes, self.device, k=self.k, temperature=args.temperature,
+                               euclid=args.pipeline == 'wmse', autocast_dtype=self.amp_dtype,
+                               channels_last=args.channels_last, features=features)
+
+    def evaluate_init(self):
+        """The random-init baseline (--knn_init): logged as epoch 0, never saved as the best model."""
+        scores = self.monitor()
+        if D.is_main():
+            self.log.log({'epoch': 0, **scores})
+            self.log.summary(init_knn_top1=scores['knn_top1'], init_knn_top5=scores['knn_top5'])
+            print(f'Epoch 0 (random init) kNN top1 {scores["knn_top1"]:.2f} top5 {scores["knn_top5"]:.2f}',
+                  flush=True)
+
+    def evaluate(self, epoch, last):
+        """The monitor's scores after `epoch` epochs (an empty dict when it does not run); a new best
+        is remembered (and saved by `save`)."""
+        args = self.args
+        if self.memory is None or not ((args.knn_every and epoch % args.knn_every == 0) or last):
+            return {}
+        if args.pipeline == 'wmse' and last:  # the W-MSE code's linear evaluation of the final backbone
+            scores, (bank, tested) = self.monitor(features=True)
+            scores.update(probe.linear_eval_on_embeddings(*bank, *tested, self.spec.num_classes, seed=args.seed))
+            self.final = scores
+        else:
+            scores = self.monitor()
+        if D.is_main() and (scores['knn_top1'] > self.best['top1'] or not self.best['epoch']):
+            self.best = {'top1': scores['knn_top1'], 'top5': scores['knn_top5'], 'epoch': epoch,
+                         'new': True}  # the first evaluation always saves
+        return scores
+
+    def check_finite(self, epoch):
+        """No state with a non-finite tensor is saved: every rank stops together."""
+        state, bad = None, None
+        rng_states = gather_rng_states()
+        if D.is_main():
+            state = training_state(epoch, self.model, self.method, self.optimizer, self.scaler, self.best,
+                                   self.log.history, self.args, self.run_id, rng_states)
+            bad = non_finite_entries({k: state[k] for k in ('model', 'method', 'optimizer')})
+        bad = D.broadcast_object(bad)
+        if bad:
+            raise NonFiniteLoss(
+                f'epoch {epoch} left non-finite values in {", ".join(bad[:3])}{" ..." if len(bad) > 3 else ""}; '
+                f'training stopped and nothing of epoch {epoch} was saved: '
+                + last_finite(epoch - 1, '--lr (or --lr_weights/--lr_biases)'))
+        return state
+
+    # ------------------------------------------------------------------------ save
+    def save(self, epoch, state, last):
+        """Every file a run writes after an epoch (main process): the best model, a snapshot, the
+        ImageNet export, then last.pth (written last: a run killed before it redoes this epoch)."""
+        args = self.args
+        if self.best.pop('new', False):
+            atomic_save(self.model.state_dict(), self.model_path)
+        if args.save_every and epoch % args.save_every == 0:
+            atomic_save(self.model.state_dict(), os.path.join(self.run_dir, f'{self.prefix}_model_{epoch}.pth'))
+        if self.memory is None and last:
+            atomic_save(self.model.state_dict(), self.model_path)
+        if last and not self.spec.in_memory:  # torchvision layout without fc: the released format (resnet50.pth)
+            atomic_save(plain_batchnorm(copy.deepcopy(self.model.backbone)).state_dict(),
+                        os.path.join(self.run_dir, f'{args.arch}.pth'))
+        state.update(best_acc=self.best, history=self.log.history)
+        atomic_save(state, self.state_path, checked_finite=True)  # checked in check_finite
+
+    # ------------------------------------------------------------------------ the run
+    def report_epoch(self, epoch, row, elapsed):
+        knn_msg = '' if row.get('knn_top1') is None else \
+            f' kNN top1 {row["knn_top1"]:.2f} top5 {row["knn_top5"]:.2f}' + ''.join(
+                f' {k} {row[k]:.2f}' for k in (knn.EUCLID_KEY, 'linear_top1') if row.get(k) is not None)
+        print(f'Epoch {epoch}/{self.args.epochs} loss {row["loss"]:.4f} lr {row["lr"]:.2e} '
+              f'{row["images_per_s"]:.0f} img/s{knn_msg} | elapsed {format_time(elapsed)}, '
+              f'ETA {format_time(row["eta_s"])}', flush=True)
+
+    def run(self):
+        args = self.args
+        knn_keys = ('knn_top1', 'knn_top5') + ((knn.EUCLID_KEY,) if args.pipeline == 'wmse' else ())
+        elapsed_before = next((r['elapsed_s'] for r in reversed(self.log.history) if r.get('elapsed_s') is not None),
+                              0.0)
+        started = time.time()
+        try:
+            if args.knn_init and self.memory is not None and self.start_epoch == 0 and not self.log.history:
+                self.evaluate_init()
+            for epoch in range(self.start_epoch + 1, args.epochs + 1):
+                stats = train_one_epoch(args, epoch - 1, self.ddp_method, self.method, self.optimizer, self.scaler,
+                                        self.views, self.device, self.amp_dtype)
+                self.count_skipped_images(epoch, stats)
+                state = self.check_finite(epoch)
+                last = epoch == args.epochs
+                row = {'epoch': epoch, **stats, **dict.fromkeys(knn_keys), **self.evaluate(epoch, last)}
+                elapsed = elapsed_before + time.time() - started
+                row.update(elapsed_s=elapsed,
+                           eta_s=(time.time() - started) / (epoch - self.start_epoch) * (args.epochs - epoch))
+                if D.is_main():
+                    self.log.log(row)
+                    self.report_epoch(epoch, row, elapsed)
+                    self.save(epoch, state, last)
+                del state
+                D.barrier()
+            self.finish()
+        finally:
+            self.log.finish()  # also when a non-finite loss or a kill stops the run: wandb keeps what it has
+        return self.run_dir
+
+    def count_skipped_images(self, epoch, stats):
+        """--skip_bad_images: every rank counts its own, the sum is logged."""
+        if not self.args.skip_bad_images:
+            return
+        skipped, first = datasets.take_skipped_images(getattr(self.views, 'dataset', None))
+        stats['skipped_images'] = int(D.all_reduce_sum(torch.tensor([float(skipped)], device=self.device)).item())
+        if stats['skipped_images'] and D.is_main():
+            print(f'Epoch {epoch}: replaced {stats["skipped_images"]} unreadable images '
+                  f'(--skip_bad_images){", e.g. " + first if first else ""}', flush=True)
+
+    def finish(self):
+        """The summary (best kNN, gain over random init) and, at the end, the visuals."""
+        best = self.best
+        if D.is_main():
+            if best['epoch']:
+                init = next((r['knn_top1'] for r in self.log.history if r['epoch'] == 0), None)
+                gain = '' if init is None else f'; random init {init:.2f}, {best["top1"] - init:+.2f} points'
+                print(f'Best kNN top-1 {best["top1"]:.2f} (top-5 {best["top5"]:.2f}) at epoch {best["epoch"]}{gain}: '
+                      f'{self.model_path}')
+            self.log.summary(best_knn_top1=best['top1'], best_knn_top5=best['top5'], knn_k=self.k,
+                             **{f'final_{k}': v for k, v in self.final.items() if k not in ('knn_top1', 'knn_top5')})
+        if self.args.visuals and self.memory is not None:  # every rank embeds its shard, as the kNN monitor
+            visualize.write_visuals(self.model.backbone, self.memory, self.test, self.spec, self.device, self.run_dir,
+                                    self.prefix, classes=self.train.classes, wandb_run=self.log.wandb,
+                                    seed=self.args.seed, autocast_dtype=self.amp_dtype,
+                                    channels_last=self.args.channels_last)
+
+
 def main(argv=None):
     args = get_args(argv)
     check_writable(args.results_dir)
     device = D.init_distributed(args.gpu)
-    spec = datasets.SPECS[args.dataset]
     if args.batch_size % D.world_size() or args.batch_size // D.world_size() < 2:
         raise MixBTError(f'--batch_size {args.batch_size} must be a multiple of the {D.world_size()} processes, with '
                          'at least 2 images per process')
-    if args.aug is None:
-        args.aug = 'gpu' if device.type == 'cuda' and spec.in_memory else 'cpu'
-    if args.aug == 'gpu' and not spec.in_memory:
-        raise MixBTError(f'--aug gpu needs an in-memory data set; {args.dataset} uses --aug cpu')
     seed_everything(args.seed + D.rank())
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = True  # convolutions; float32 matmuls (losses, whitening) stay full precision
 
     folder = RunFolder(args, 'last.pth', is_state=is_training_state, what='a training state written by main.py',
-                       id_from_name=True).acquire()
+                       id_from_name=True, slurm_tag=identity_tag(args), refuse_foreign=True).acquire()
     try:
-        saved = folder.read_state()
-        schedule_changes = []
-        if saved is not None:
-            schedule_changes = check_resume(saved.get('args', {}), args, RESUME_FREE, RESUME_SCHEDULE,
-                                              folder.resume_path)
+        saved, changes = restore_point(folder, args)
         train, memory, test = load_data(args)
-        if memory is not None and args.k > len(memory[1]):
-            if D.is_main():
-                print(f'note: --k {args.k} is larger than the memory bank ({len(memory[1])} images): using '
-                      f'k = {len(memory[1])}')
-            args.k = len(memory[1])
-        if spec.in_memory and len(train.images) < args.batch_size:
+        if datasets.SPECS[args.dataset].in_memory and len(train.images) < args.batch_size:
             raise MixBTError(f'--batch_size {args.batch_size} is larger than the training set ({len(train.images)} '
                              'images): nothing to train on')
-        run_dir = train_run(args, device, folder, saved, schedule_changes, train, memory, test)
+        trainer = Trainer(args, device, folder, (train, memory, test))
+        trainer.setup()
+        trainer.restore(saved, changes)
+        del saved
+        trainer.start_logging_and_views()
+        run_dir = trainer.run()
     except BaseException:
         folder.release(failed=True)
         raise
     folder.release()
-    return run_dir
-
-
-def train_run(args, device, folder, saved, schedule_changes, train, memory, test):
-    spec = datasets.SPECS[args.dataset]
-    run_id, run_dir = folder.run_id, folder.path
-    prefix = run_prefix(args, run_id)
-    state_path = os.path.join(run_dir, 'last.pth')
-    model_path = os.path.join(run_dir, f'{prefix}_model.pth')
-    model = build_model(args)
-    method = METHODS[args.method].build(args, model)
-    if D.is_main():
-        print_config(args, device)
-        counted = profile(model, args.image_size if not spec.in_memory else spec.size)
-        if counted:
-            print(f'# Model Params: {counted[1]} FLOPs: {counted[0]}')
-    if args.sync_bn and D.world_size() > 1:
-        method = sync_batchnorm(method, device)
-    method.to(device)
-    if args.channels_last:
-        method.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(args, method)  # the method's own parameters too (BYOL predictor, SimCLR BN)
-    fresh_groups = [dict(g) for g in optimizer.param_groups]
-    amp_dtype = autocast_dtype(args.precision, device)
-    scaler = grad_scaler(amp_dtype, device)
-
-    start_epoch, best, history = 0, {'top1': 0.0, 'top5': 0.0, 'epoch': 0}, []
-    if saved is not None:
-        load_strict(model, saved['model'], f'{folder.resume_path} (model)')
-        method.load_state_dict({**{f'model.{k}': v for k, v in model.state_dict().items()}, **saved['method']})
-        optimizer.load_state_dict(saved['optimizer'])
-        apply_settings(optimizer, fresh_groups)
-        if scaler is not None and saved.get('scaler'):
-            scaler.load_state_dict(saved['scaler'])
-        start_epoch, best, history = saved['epoch'], saved['best_acc'], saved['history']
-        restore_rng_state(saved)
-        if D.is_main():
-            print(f'Resumed {run_dir} at epoch {start_epoch}'
-                  + (f' with changed settings: {", ".join(schedule_changes)}' if schedule_changes else ''))
-    del saved
-
-    log = RunLog(run_dir, prefix, args, f'Barlow-Twins-MixUp-{args.dataset}-{args.arch}', run_id,
-                 resume=start_epoch > 0 or bool(history), history=history,
-                 plot_keys=method.plot_keys + (('knn_top1', 'knn_top5', knn.EUCLID_KEY),))
-    if D.is_main():
-        print(f'Run folder: {run_dir}  (method {args.method}, {D.world_size()} process(es) on {device})')
-
-    ddp_method = method
-    if D.world_size() > 1:
-        ddp_method = torch.nn.parallel.DistributedDataParallel(
-            method, device_ids=[device.index] if device.type == 'cuda' else None)
-    if args.compile:
-        ddp_method = torch.compile(ddp_method)
-    views_source = build_train_views(args, train, method.n_views, device)
-    install_requeue_handler(state_path)
-
-    backbone = model.backbone
-    wmse = args.pipeline == 'wmse'  # also the W-MSE code's evaluation: Euclidean 5-NN, linear on embeddings
-    norm = datasets.select_pipeline(args.dataset, args.pipeline)  # the evaluation normalises as training does
-    monitor = lambda features=False: knn.knn_metrics(
-        backbone, memory, test, norm.mean, norm.std, spec.num_classes, device, k=args.k,
-        temperature=args.temperature, euclid=wmse, autocast_dtype=amp_dtype, channels_last=args.channels_last,
-        features=features)
-    knn_keys = ('knn_top1', 'knn_top5') + ((knn.EUCLID_KEY,) if wmse else ())
-    final = {}  # the last epoch's W-MSE evaluation, for the summary
-    elapsed_before = next((r['elapsed_s'] for r in reversed(log.history) if r.get('elapsed_s') is not None), 0.0)
-    started = time.time()
-    try:
-        if args.knn_init and memory is not None and start_epoch == 0 and not log.history:
-            scores = monitor()  # the random-init baseline: logged, never saved as the best model
-            top1, top5 = scores['knn_top1'], scores['knn_top5']
-            if D.is_main():
-                log.log({'epoch': 0, **scores})
-                log.summary(init_knn_top1=top1, init_knn_top5=top5)
-                print(f'Epoch 0 (random init) kNN top1 {top1:.2f} top5 {top5:.2f}', flush=True)
-        for epoch in range(start_epoch, args.epochs):
-            stats = train_one_epoch(args, epoch, ddp_method, method, optimizer, scaler, views_source, device, amp_dtype)
-            if args.skip_bad_images:  # every rank counts its own
-                skipped, first = datasets.take_skipped_images(getattr(views_source, 'dataset', None))
-                stats['skipped_images'] = int(D.all_reduce_sum(torch.tensor([float(skipped)], device=device)).item())
-                if stats['skipped_images'] and D.is_main():
-                    print(f'Epoch {epoch + 1}: replaced {stats["skipped_images"]} unreadable images '
-                          f'(--skip_bad_images){", e.g. " + first if first else ""}', flush=True)
-            rng_states, state, bad = gather_rng_states(), None, None
-            if D.is_main():
-                state = training_state(epoch + 1, model, method, optimizer, scaler, best, log.history, args, run_id,
-                                       rng_states)
-                bad = non_finite_entries({k: state[k] for k in ('model', 'method', 'optimizer')})
-            bad = D.broadcast_object(bad)  # every rank stops together
-            if bad:
-                raise NonFiniteLoss(
-                    f'epoch {epoch + 1} left non-finite values in {", ".join(bad[:3])}'
-                    f'{" ..." if len(bad) > 3 else ""}; training stopped and nothing of epoch {epoch + 1} was '
-                    f'saved: last.pth holds epoch {epoch}, the last finite state. Resume from it with a lower '
-                    f'--lr (or --lr_weights/--lr_biases)')
-            row = {'epoch': epoch + 1, **stats, **dict.fromkeys(knn_keys)}
-            last = epoch + 1 == args.epochs
-            if memory is not None and ((args.knn_every and (epoch + 1) % args.knn_every == 0) or last):
-                if wmse and last:  # the W-MSE code's linear evaluation of the final backbone, on its embeddings
-                    scores, (bank, tested) = monitor(features=True)
-                    scores.update(probe.linear_eval_on_embeddings(*bank, *tested, spec.num_classes, seed=args.seed))
-                    final = scores
-                    del bank, tested
-                else:
-                    scores = monitor()
-                top1, top5 = scores['knn_top1'], scores['knn_top5']
-                row.update(scores)
-                if D.is_main() and (top1 > best['top1'] or not best['epoch']):  # the first evaluation always saves
-                    best = {'top1': top1, 'top5': top5, 'epoch': epoch + 1}
-                    atomic_save(model.state_dict(), model_path)
-            elapsed = elapsed_before + time.time() - started
-            done = epoch + 1 - start_epoch
-            row.update(elapsed_s=elapsed, eta_s=(time.time() - started) / done * (args.epochs - epoch - 1))
-            if D.is_main():
-                log.log(row)
-                knn_msg = '' if row['knn_top1'] is None else f' kNN top1 {top1:.2f} top5 {top5:.2f}' + ''.join(
-                    f' {k} {row[k]:.2f}' for k in (knn.EUCLID_KEY, 'linear_top1') if row.get(k) is not None)
-                print(f'Epoch {epoch + 1}/{args.epochs} loss {stats["loss"]:.4f} lr {stats["lr"]:.2e} '
-                      f'{stats["images_per_s"]:.0f} img/s{knn_msg} | elapsed {format_time(elapsed)}, '
-                      f'ETA {format_time(row["eta_s"])}', flush=True)
-                if args.save_every and (epoch + 1) % args.save_every == 0:
-                    atomic_save(model.state_dict(), os.path.join(run_dir, f'{prefix}_model_{epoch + 1}.pth'))
-                if memory is None and last:
-                    atomic_save(model.state_dict(), model_path)
-                state.update(best_acc=best, history=log.history)
-                atomic_save(state, state_path, checked_finite=True)  # checked after the epoch, above
-            del state
-            D.barrier()
-
-        if D.is_main():
-            if not spec.in_memory:
-                # torchvision layout without fc: the released format (resnet50.pth by default)
-                atomic_save(plain_batchnorm(copy.deepcopy(model.backbone)).state_dict(),
-                            os.path.join(run_dir, f'{args.arch}.pth'))
-            if best['epoch']:
-                init = next((r['knn_top1'] for r in log.history if r['epoch'] == 0), None)
-                gain = '' if init is None else f'; random init {init:.2f}, {best["top1"] - init:+.2f} points'
-                print(f'Best kNN top-1 {best["top1"]:.2f} (top-5 {best["top5"]:.2f}) at epoch {best["epoch"]}{gain}: '
-                      f'{model_path}')
-            log.summary(best_knn_top1=best['top1'], best_knn_top5=best['top5'],
-                        **{f'final_{k}': v for k, v in final.items() if k not in ('knn_top1', 'knn_top5')})
-        if args.visuals and memory is not None:  # every rank embeds its shard, as in the kNN monitor
-            visualize.write_visuals(backbone, memory, test, spec, device, run_dir, prefix, classes=train.classes,
-                                    wandb_run=log.wandb, seed=args.seed, autocast_dtype=amp_dtype,
-                                    channels_last=args.channels_last)
-    finally:
-        log.finish()  # also when a non-finite loss or a kill stops the run: wandb keeps what it has
     return run_dir
 
 

@@ -1,13 +1,6 @@
-"""Learning-rate schedules, LARS, seeding and RNG state, and small helpers of the entry points."""
-import functools
+"""Optimisation: the optimiser of a pretraining run (Adam, SGD or LARS), its learning-rate schedules."""
 import math
-import os
-import random
-import signal
-import subprocess
-import sys
 
-import numpy as np
 import torch
 
 
@@ -91,3 +84,30 @@ class LARS(torch.optim.Optimizer):
                 mu.mul_(g['momentum']).add_(dp)
                 p.add_(mu, alpha=-g['lr'])
         return loss
+
+
+# ---------------------------------------------------------------- the optimiser of a run
+def build_optimizer(args, model):
+    scale = args.batch_size / 256
+    if args.optimizer == 'lars':
+        weights = [p for p in model.parameters() if p.ndim != 1]
+        biases = [p for p in model.parameters() if p.ndim == 1]
+        groups = [{'params': weights, 'base_lr': args.lr_weights * scale},
+                  {'params': biases, 'base_lr': args.lr_biases * scale}]
+        return LARS(groups, lr=0, weight_decay=args.weight_decay, weight_decay_filter=True,
+                    lars_adaptation_filter=True)
+    # Reference: base = lr * batch/256 with the cosine schedule; the step schedule uses lr as is.
+    base = args.lr * scale if args.lr_shed in ('cosine', 'cosine_exact') else args.lr
+    groups = [{'params': [p for p in model.parameters() if p.requires_grad], 'base_lr': base}]
+    if args.optimizer == 'sgd':
+        return torch.optim.SGD(groups, lr=base, momentum=0.9, weight_decay=args.weight_decay)
+    return torch.optim.Adam(groups, lr=base, weight_decay=args.weight_decay)
+
+
+def lr_factor(args, step, steps_per_epoch):
+    """The factor on each group's base lr at 0-based global `step` (docs/protocol.md section 4)."""
+    if args.lr_shed in ('cosine', 'cosine_exact') or args.optimizer == 'lars':
+        first_epoch = 1 if args.lr_shed == 'cosine' and args.optimizer != 'lars' else 0
+        return warmup_cosine_factor(step, steps_per_epoch, args.epochs, args.warmup_epochs, first_epoch=first_epoch)
+    # step + 1: the W-MSE repository's warm-up, lr * (k + 1) / warmup_steps at its step k = 0, 1, ...
+    return step_factor(step // steps_per_epoch, args.epochs, step=step + 1, warmup_steps=args.warmup_steps)

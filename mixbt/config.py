@@ -1,23 +1,27 @@
 """The configuration of a pretraining run, resolved in one place.
 
 get_args parses main.py's flags (the original's names and meaning, plus each registered method's
-own); resolve_args fills the method's per-data-set defaults, lets the method derive and check its
-settings, then applies the general defaults and checks. Everything is decided before any data is
-loaded or any folder is made; print_config shows the result at the start of a run.
+own) and resolve_args builds the run's configuration from them, the method's declared defaults and
+the data set's row. Nothing after it writes to the configuration. A flag that contradicts --method
+is refused, not overwritten. Everything is decided before any data is loaded or any folder is made;
+print_config shows the settings that apply to this run at its start.
 """
 import argparse
 import math
 import os
 
+import torch
+
 from mixbt import data as datasets
 from mixbt import distributed as D
 from mixbt.errors import MixBTError
-from mixbt.methods import METHODS, add_method_args, original_method_name
+from mixbt.methods import METHODS, add_method_args, method_flag_names, original_method_name
 from mixbt.runtime import str2bool
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description='Mixed Barlow Twins pretraining', allow_abbrev=False)
+    p = argparse.ArgumentParser(description='Mixed Barlow Twins pretraining', allow_abbrev=False,
+                                formatter_class=DefaultsFormatter)
     a = p.add_argument
     # ---- the original flags (names, meaning and defaults of the mix-bt main.py; the Barlow Twins
     # family's own, --lmbda, --corr_neg_one/--corr_zero, --is_mixup, --mixup_loss_scale, below)
@@ -40,7 +44,7 @@ def get_args(argv=None):
     a('--method', default=None, choices=list(METHODS), help='SSL method (default: from --is_mixup/--corr_neg_one)')
     a('--data_root', default='data', help='folder holding the data sets (ImageNet: the ImageNet folder)')
     a('--results_dir', '--checkpoint-dir', default='results', help='run folders are created here')
-    a('--seed', default=0, type=int)
+    a('--seed', default=0, type=int, help='seeds the weights, the data order and the augmentations')
     a('--workers', default=min(8, os.cpu_count() or 1), type=int, help='data-loader worker processes')
     a('--knn_every', default=5, type=int, help='kNN monitor every N epochs (0: never); always at the end')
     a('--knn_init', action='store_true',
@@ -91,21 +95,62 @@ def get_args(argv=None):
            "code's, as the paper's baselines ran; also logs its Euclidean 5-NN and, at the end, its linear "
            "evaluation; docs/protocol.md section 6)")
     add_method_args(p)
-    return resolve_args(p.parse_args(argv))
+    args = p.parse_args(argv)
+    return resolve_args(args, explicit_flags(p, argv))
 
 
-def resolve_args(args):
+class DefaultsFormatter(argparse.HelpFormatter):
+    """--help shows every default that is a value; defaults that depend on the method or the data set
+    (None here) are described in the flag's own help."""
+
+    def _get_help_string(self, action):
+        text = action.help or ''
+        if (action.option_strings and action.default not in (None, argparse.SUPPRESS)
+                and not isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+                and 'default' not in text):
+            text += ' (default: %(default)s)'
+        return text
+
+
+def explicit_flags(parser, argv):
+    """The dests given on the command line (as opposed to defaults)."""
+    saved = [(a, a.default) for a in parser._actions]
+    saved_defaults = dict(parser._defaults)
+    try:
+        for action, _ in saved:
+            action.default = argparse.SUPPRESS
+        parser._defaults.clear()
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in saved:
+            action.default = default
+        parser._defaults.update(saved_defaults)
+
+
+def resolve_args(args, explicit=()):
     """The run's whole configuration, resolved in one place: the method's per-data-set defaults
     fill the flags left unset, then the method derives and checks its settings, then the
     general defaults and checks. Raises MixBTError before anything is created or loaded."""
-    original_method_name(args)
+    original_method_name(args, explicit)
     cls = METHODS[args.method]
+    for key, value in cls.fixed.items():
+        if key in explicit and getattr(args, key) != value:
+            given = getattr(args, key)
+            hint = {('is_mixup', True): 'mixbt', ('corr_neg_one', True): 'hsic', ('is_mixup', False): 'barlowtwins',
+                    ('corr_neg_one', False): 'barlowtwins'}[(key, given)]
+            typed = {'corr_neg_one': '--corr_neg_one' if given else '--corr_zero'}.get(key, f'--{key} {str(given).lower()}')
+            raise MixBTError(f'--method {args.method} contradicts {typed}: drop {typed.split()[0]}, or use --method {hint}')
     spec = datasets.SPECS[args.dataset]
     for key, value in cls.defaults(spec, args.dataset).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     cls.resolve(args)
     datasets.select_pipeline(args.dataset, args.pipeline)  # MixBTError where the data set has no such pipeline
+    if args.aug is None:  # the device main.py will run on (distributed.init_distributed): CUDA where present
+        on_cuda = torch.cuda.is_available() and args.gpu >= 0
+        args.aug = 'gpu' if on_cuda and spec.in_memory else 'cpu'
+    if args.aug == 'gpu' and not spec.in_memory:
+        raise MixBTError(f'--aug gpu needs an in-memory data set; {args.dataset} uses --aug cpu')
     if args.optimizer is None:
         args.optimizer = 'adam' if spec.in_memory else 'lars'
     if args.weight_decay is None:
@@ -146,7 +191,21 @@ def check_args(args):
                              'e.g. 8192-8192-8192')
 
 
+def applicable_settings(args):
+    """The settings that apply to this run: its method's flags (not the other methods'), and the
+    optimiser's and schedule's own (LARS: per-group rates; Adam/SGD: --lr; the step schedule:
+    warm-up steps; the cosine: warm-up epochs)."""
+    other_methods = set(method_flag_names()) - set(METHODS[args.method].flag_names())
+    lars = args.optimizer == 'lars'
+    cosine = lars or args.lr_shed in ('cosine', 'cosine_exact')
+    skip = other_methods | ({'lr'} if lars else {'lr_weights', 'lr_biases'}) | \
+        ({'warmup_steps'} if cosine else {'warmup_epochs'})
+    if datasets.SPECS[args.dataset].in_memory:
+        skip |= {'image_size'}
+    return {k: v for k, v in sorted(vars(args).items()) if k not in skip and v is not None}
+
+
 def print_config(args, device):
     """The resolved configuration, as the run will use it (nanoGPT prints its config the same way)."""
-    rows = [f'  {k:<22} {v}' for k, v in sorted(vars(args).items())]
+    rows = [f'  {k:<22} {v}' for k, v in applicable_settings(args).items()]
     print(f'Configuration ({D.world_size()} process(es) on {device}):\n' + '\n'.join(rows), flush=True)

@@ -21,13 +21,14 @@ import hashlib
 import json
 import os
 
+from mixbt.checkpoints import CheckpointError
 from mixbt.errors import MixBTError
 
 _SHA_CACHE = {}
 
 
-class IdentityMismatch(MixBTError):
-    pass
+class IdentityMismatch(CheckpointError):
+    """A saved result (a run's state, an evaluation part) was computed from other inputs."""
 
 
 def file_sha256(path):

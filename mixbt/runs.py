@@ -21,13 +21,22 @@ from mixbt.errors import MixBTError
 from mixbt.runlog import new_run_id
 
 
-def fixed_name(args, suffix=None):
+def check_run_name(name):
+    """A run name is a plain folder name under --results_dir: never a path that leads elsewhere."""
+    if name in ('', '.', '..') or os.path.basename(name) != name or '\\' in name or name.startswith('.'):
+        raise MixBTError(f'--run_name {name!r}: a run name is a plain folder name under --results_dir (no /, no .., '
+                         f'not starting with .); choose another --run_name, or move the run with --results_dir')
+    return name
+
+
+def fixed_name(args, suffix=None, slurm_tag=None):
     """--run_name, else on SLURM slurm<job id> (with `_suffix` for evaluation runs, so that several
-    evaluations in one job keep apart), else None."""
+    evaluations in one job keep apart, and `_slurm_tag` for pretraining runs: a digest of the run's
+    identity, so that the runs of a loop in one job keep apart too), else None."""
     if getattr(args, 'run_name', None):
-        return args.run_name
+        return check_run_name(args.run_name)
     if 'SLURM_JOB_ID' in os.environ:
-        return f'slurm{os.environ["SLURM_JOB_ID"]}' + (f'_{suffix}' if suffix else '')
+        return f'slurm{os.environ["SLURM_JOB_ID"]}' + ''.join(f'_{t}' for t in (slurm_tag, suffix) if t)
     return None
 
 
@@ -73,10 +82,10 @@ class RunFolder:
     with a fixed name takes it as its run id."""
 
     def __init__(self, args, state_name, suffix=None, is_state=lambda s: isinstance(s, dict), what=None,
-                 id_from_name=False):
+                 id_from_name=False, slurm_tag=None, refuse_foreign=False):
         self.state_name, self.lock, self.created = state_name, None, False
         self.what = what or f'a {state_name} written by this code'
-        name = fixed_name(args, suffix)
+        name = fixed_name(args, suffix, slurm_tag)
         resume = getattr(args, 'resume', None)
         if resume is None and name and os.path.isfile(os.path.join(args.results_dir, name, state_name)):
             resume = os.path.join(args.results_dir, name)  # auto-resume
@@ -93,7 +102,20 @@ class RunFolder:
             # else a new random one (probes: unique even where the folder name is fixed).
             self.run_id = name if (name and id_from_name) else D.broadcast_object(new_run_id())
             self.path = os.path.join(args.results_dir, name or self.run_id)
+            if refuse_foreign:
+                self.refuse_foreign_files()
         self.is_state = is_state
+
+    def refuse_foreign_files(self):
+        """A new run never writes into a folder that holds another run's files (e.g. a finished run
+        whose state file was removed): its best model and statistics would be overwritten."""
+        if not os.path.isdir(self.path):
+            return
+        held = sorted(f for f in os.listdir(self.path) if f != '.lock' and not f.endswith('.tmp'))
+        if held:
+            shown = ', '.join(held[:4]) + (', ...' if len(held) > 4 else '')
+            raise MixBTError(f'{self.path} holds the files of another run ({shown}) but no {self.state_name} to '
+                             f'continue from: give this run another --run_name, or move that folder away')
 
     def read_state(self):
         """The saved state (None for a new run); its run id becomes this run's."""
@@ -128,11 +150,12 @@ class RunFolder:
         return self
 
     def release(self, failed=False):
-        """Drop the lock; a folder this run created and left empty (a failed start) is removed."""
+        """Drop the lock; a folder this run created and that holds nothing of value (no state, no
+        model: a failed start, or a run stopped before its first epoch was saved) is removed."""
         if self.lock is not None:
             self.lock.release()
             self.lock = None
-            if failed and self.created and set(os.listdir(self.path)) <= {'.lock'}:
+            if failed and self.created and not any(f.endswith('.pth') for f in os.listdir(self.path)):
                 import shutil
                 shutil.rmtree(self.path, ignore_errors=True)
                 folder = os.path.dirname(os.path.abspath(self.path))  # and the parents it made, if left empty

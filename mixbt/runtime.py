@@ -82,18 +82,29 @@ def grad_scaler(amp_dtype, device):
 
 
 def install_requeue_handler(state_path):
-    """On SLURM, SIGUSR1 (sent before the time limit) requeues the job; it resumes from last.pth."""
+    """SIGTERM (kill, timeout, scancel) stops the run where it is: last.pth keeps the last finished
+    epoch (every write is atomic), the lock is released and the run continues from it when started
+    again. On SLURM, SIGUSR1 (sent before the time limit with --signal=USR1@90) requeues the job."""
+    owner = os.getpid()
+
+    def stop(signum, frame):
+        from mixbt import distributed
+        if os.getpid() != owner:  # a forked DataLoader worker: end as the default action would
+            os._exit(128 + signal.SIGTERM)
+        if distributed.is_main():
+            print(f'SIGTERM: stopping; the run continues from {state_path} when started again', flush=True)
+        raise SystemExit(128 + signal.SIGTERM)
+    signal.signal(signal.SIGTERM, stop)
     if 'SLURM_JOB_ID' not in os.environ:
         return
 
-    def handler(signum, frame):
+    def requeue(signum, frame):
         from mixbt import distributed
         if distributed.is_main():
             print(f'SIGUSR1: requeueing SLURM job {os.environ["SLURM_JOB_ID"]}; it resumes from {state_path}')
             subprocess.run(['scontrol', 'requeue', os.environ['SLURM_JOB_ID']], check=False)
         sys.exit(0)
-    signal.signal(signal.SIGUSR1, handler)
-    signal.signal(signal.SIGTERM, lambda *_: None)  # SLURM sends SIGTERM before SIGKILL: let SIGUSR1 act
+    signal.signal(signal.SIGUSR1, requeue)
 
 
 def run_command(main):
@@ -112,10 +123,12 @@ def run_command(main):
 
 
 def str2bool(v):
+    """A boolean flag's value: true/false (also 1/0, yes/no), as the original scripts take them."""
     if isinstance(v, bool):
         return v
     if v.lower() in ('true', '1', 'yes'):
         return True
     if v.lower() in ('false', '0', 'no'):
         return False
-    raise ValueError(f'expected true or false, got {v!r}')
+    import argparse
+    raise argparse.ArgumentTypeError(f'expected true or false (also 1/0, yes/no), got {v!r}')

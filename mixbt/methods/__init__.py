@@ -7,6 +7,7 @@ extra state (a BYOL target, an RNG). The trainer does not know which method it r
 does not know about files. `Method.embed` runs the model once over the concatenated views
 with per-view BatchNorm statistics, which is exactly what separate forward passes compute.
 """
+from mixbt.errors import MixBTError
 from mixbt.methods.barlow_twins import HSIC, BarlowTwins, MixBT
 from mixbt.methods.base import Method, Progress, flag, full_precision, to_device, upcast  # noqa: F401 (the contract)
 from mixbt.methods.baseline import Baseline, head_of  # noqa: F401
@@ -17,14 +18,22 @@ from mixbt.methods.simclr import SimCLR
 from mixbt.methods.wmse import WMSE
 
 
-def original_method_name(args):
-    """--method left out: the original flags decide (--is_mixup, --corr_neg_one, --lambda_mixup)."""
-    if args.lambda_mixup is not None:  # mix-bt ImageNet flag: s = 0.5 * lambda_mixup (docs/protocol.md section 1)
+def original_method_name(args, explicit=()):
+    """--method left out: the original flags decide (--is_mixup, --corr_neg_one, --lambda_mixup).
+    --lambda_mixup is the original ImageNet script's flag: s = 0.5 * lambda_mixup
+    (docs/protocol.md section 1), with mixup on as there (its --is_mixup defaults to true): the
+    released lambda_mixup 0 run had the mixed pass on with weight 0, which updates BatchNorm."""
+    if args.lambda_mixup is not None:
+        if 'mixup_loss_scale' in explicit and args.mixup_loss_scale != 0.5 * args.lambda_mixup:
+            raise MixBTError(f'--lambda_mixup {args.lambda_mixup} sets --mixup_loss_scale to '
+                             f'{0.5 * args.lambda_mixup}, which this command contradicts: give one of the two')
         args.mixup_loss_scale = 0.5 * args.lambda_mixup
-        if args.lambda_mixup == 0:
-            args.is_mixup = False
+        if 'is_mixup' not in explicit:
+            args.is_mixup = True
     if args.method is None:
         args.method = 'mixbt' if args.is_mixup else ('hsic' if args.corr_neg_one else 'barlowtwins')
+    if args.corr_neg_one is None:
+        args.corr_neg_one = False
     return args.method
 
 
@@ -33,17 +42,24 @@ METHODS = {'mixbt': MixBT, 'barlowtwins': BarlowTwins, 'hsic': HSIC, 'simclr': S
 
 
 def add_method_args(parser):
-    """Every registered method's flags, each added once, in a group per method."""
-    seen = set()
+    """Every registered method's flags, each added once, under the title of the methods that have
+    it (a flag of the baselines' shared base: under all of them)."""
+    owners = {}
     for name, cls in METHODS.items():
-        new = [(names, kwargs) for names, kwargs in cls.flags if names[0] not in seen]
-        if new:
-            group = parser.add_argument_group(f'--method {name}' + (' (and the methods built on it)' if name in
-                                                                     ('barlowtwins', 'wmse') else ''))
-            for names, kwargs in new:
-                group.add_argument(*names, **kwargs)
-                seen.add(names[0])
-    parser.set_defaults(corr_neg_one=False)
+        for names, kwargs in cls.flags:
+            owners.setdefault(names, (kwargs, []))[1].append(name)
+    groups = {}
+    for names, (kwargs, methods) in owners.items():
+        title = '--method ' + ', '.join(methods)
+        if title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        groups[title].add_argument(*names, **kwargs)
+    parser.set_defaults(corr_neg_one=None)
+
+
+def method_flag_names():
+    """The dest of every flag any registered method declares."""
+    return tuple(dict.fromkeys(k for cls in METHODS.values() for k in cls.flag_names()))
 
 
 def method_schedule_keys():

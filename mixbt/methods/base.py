@@ -52,7 +52,25 @@ class Method(nn.Module):
     log_keys = ('loss',)         # per-step terms returned in the logs dict (besides 'loss')
     plot_keys = (('loss',),)
     flags = ()                   # flag(...) entries; a flag declared by several methods is added once
-    resume_schedule = ()         # this method's flags that a resumed run may change
+    resume_schedule = ()         # this method's flags that a resumed run may change (announced)
+    resume_free = ()             # this method's flags that a resumed run may change silently
+    run_tag_key = None           # the flag whose value names the run's files (None: the method's name)
+    fixed = {}                   # flag values the registered name implies (a contradicting flag is refused)
+
+    @classmethod
+    def flag_names(cls):
+        """The dest of every flag this method declares."""
+        return tuple(kwargs.get('dest') or names[0].lstrip('-').replace('-', '_') for names, kwargs in cls.flags)
+
+    @classmethod
+    def identity_keys(cls):
+        """This method's flags that are part of a run's identity."""
+        return tuple(k for k in cls.flag_names() if k not in cls.resume_free + cls.resume_schedule)
+
+    @classmethod
+    def run_tag(cls, args, name):
+        """The method part of the reference's file-name stem <id>_<tag>_<dim>_<batch>_<dataset>."""
+        return getattr(args, cls.run_tag_key) if cls.run_tag_key else name
 
     @classmethod
     def defaults(cls, spec, dataset):

@@ -1,0 +1,38 @@
+"""The ImageNet loader of the original script: R GPUs, each a DistributedSampler that pads, and a
+loader that keeps the short last batch; ours gives every step the same rows on any number of
+processes (--bt_loss imagenet_reference, the ImageNet default)."""
+import pytest
+import torch
+
+from mixbt.errors import MixBTError
+from mixbt.train_data import ReferenceBatches
+
+
+def original_steps(n, batch_size, gpus, seed, epoch):
+    """A transcription of the original's loaders: one per GPU, batch_size / gpus each, last batch kept."""
+    loaders = []
+    for rank in range(gpus):
+        sampler = torch.utils.data.DistributedSampler(range(n), num_replicas=gpus, rank=rank, shuffle=True,
+                                                      seed=seed)
+        sampler.set_epoch(epoch)
+        loaders.append(list(torch.utils.data.DataLoader(range(n), batch_size=batch_size // gpus, sampler=sampler)))
+    return [[int(i) for loader in loaders for i in loader[step]] for step in range(len(loaders[0]))]
+
+
+@pytest.mark.parametrize('n', [1000, 1003])
+def test_every_step_holds_the_original_gpus_rows_in_gpu_order_with_the_short_last_batch(n):
+    batches = ReferenceBatches(n, 64, 8, seed=3)
+    batches.set_epoch(2)
+    ours = list(batches)
+    want = original_steps(n, 64, 8, seed=3, epoch=2)
+    assert ours == want and len(batches) == len(want)
+    assert len(ours[-1]) < 64 and len(ours[-1]) % 8 == 0  # short, and whole groups of the reference loss
+
+
+def test_imagenet_has_1252_steps_an_epoch_at_batch_1024():
+    assert len(ReferenceBatches(1_281_167, 1024, 8, seed=0)) == 1252
+
+
+def test_a_batch_that_the_reference_gpus_cannot_share_is_refused():
+    with pytest.raises(MixBTError, match='divide --batch_size'):
+        ReferenceBatches(100, 60, 8, seed=0)
