@@ -4,7 +4,9 @@ test embeddings (features: knn.embed_images, the kNN monitor's L2-normalised bac
     python visualize.py CHECKPOINT [--dataset D] [--data_root data] [--out_dir DIR] [--subset N] [--gpu -1]
 
 writes <checkpoint stem>_retrievals.png and <checkpoint stem>_embedding.png next to the
-checkpoint (or in --out_dir); main.py writes <run prefix>_*.png in the run folder at the end of
+checkpoint (or in --out_dir, checked before any image is embedded). A checkpoint in a main.py run
+folder is shown with the run's own --dataset, --subset and --data_root (its args.json); a released
+one embeds every memory and test image unless --subset says fewer. main.py writes <run prefix>_*.png in the run folder at the end of
 pretraining. The map is a t-SNE (openTSNE) when that package is installed, else an exact PCA;
 its title says which.
 """
