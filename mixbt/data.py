@@ -414,11 +414,13 @@ DATASETS = tuple(sorted([*SPECS, FOLDER]))  # every --dataset choice
 _FOLDER_ROW = {}  # the folder row resolved last in this process, by what it was resolved from
 
 
-def spec_of(dataset):
+def spec_of(dataset, read_folder=True):
     """The registry row of `dataset`: a name, or a command's parsed arguments (a Namespace or an
     args.json dict) naming it in `dataset`. 'folder' has no static row: spec_of(args) resolves it
     (folder_data.resolve_folder) from args.data_root, image_size, folder_labels, max_memory_gb and
-    subset, once for the same values, and spec_of('folder') is then that row."""
+    subset, once for the same values, and spec_of('folder') is then that row. read_folder=False:
+    the row of what the settings alone decide (stem, views, size class; no classes, no reader),
+    for defaults and checks made before the folder is read and for a checkpoint's stem."""
     name = dataset if isinstance(dataset, str) else _arg(dataset, 'dataset')
     if name != FOLDER:
         if name not in SPECS:
@@ -430,12 +432,18 @@ def spec_of(dataset):
                              'data.spec_of(args) first')
         return next(iter(_FOLDER_ROW.values()))
     from mixbt import folder_data
-    key = (os.path.realpath(_arg(dataset, 'data_root')), _arg(dataset, 'image_size'),
-           _arg(dataset, 'folder_labels', 'auto'), _arg(dataset, 'max_memory_gb', folder_data.MAX_MEMORY_GB),
-           _arg(dataset, 'subset', 0) or 0)
+    if not read_folder:
+        key = (None, _arg(dataset, 'image_size'))
+        make = lambda: folder_data.folder_spec(key[1])
+    else:
+        key = (os.path.realpath(_arg(dataset, 'data_root')), _arg(dataset, 'image_size'),
+               _arg(dataset, 'folder_labels', 'auto'), _arg(dataset, 'max_memory_gb', folder_data.MAX_MEMORY_GB),
+               _arg(dataset, 'subset', 0) or 0)
+        make = lambda: folder_data.resolve_folder(*key)
     if key not in _FOLDER_ROW:
+        row = make()
         _FOLDER_ROW.clear()
-        _FOLDER_ROW[key] = folder_data.resolve_folder(*key)
+        _FOLDER_ROW[key] = row
     return _FOLDER_ROW[key]
 
 

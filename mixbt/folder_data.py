@@ -27,6 +27,7 @@ import torchvision
 from mixbt.data import FOLDER, SPECS, ArrayData, DatasetNotFound, Spec
 from mixbt.errors import MixBTError
 from mixbt.formats import SKIP_HINT, BadImage, LazyImages, decode_images
+from mixbt.identity import read_json
 
 LABEL_MODES = ('auto', 'subfolders', 'none')
 IMAGE_EXTENSIONS = tuple(torchvision.datasets.folder.IMG_EXTENSIONS)  # what ImageFolder reads
@@ -302,15 +303,22 @@ class FolderReader:
 
 
 # ---------------------------------------------------------------- the tools' side
-def add_folder_args(parser):
-    """--folder_labels and --max_memory_gb (--image_size is each tool's own: its stem and views)."""
+def add_folder_args(parser, evaluation=False):
+    """--folder_labels and --max_memory_gb (main.py has its own --image_size). evaluation: for
+    the tools that evaluate a checkpoint, also --image_size, and all three default to the
+    pretraining run's (None until run_settings fills them)."""
     a = parser.add_argument
-    a('--folder_labels', default='auto', choices=LABEL_MODES,
+    if evaluation:
+        a('--image_size', default=None, type=int,
+          help="--dataset folder: the image size the checkpoint was pretrained at (default: its run's args.json)")
+    a('--folder_labels', default=None if evaluation else 'auto', choices=LABEL_MODES,
       help='--dataset folder: subfolders = one subfolder per class; none = unlabelled (pretraining only); auto = '
-           'labelled when --data_root holds subfolders and no image directly')
-    a('--max_memory_gb', default=MAX_MEMORY_GB, type=float,
+           'labelled when --data_root holds subfolders and no image directly' + (" (default: the run's)" if
+                                                                                 evaluation else ''))
+    a('--max_memory_gb', default=None if evaluation else MAX_MEMORY_GB, type=float,
       help='--dataset folder: decode the images into memory (uint8) when they need at most this much per '
-           'process, else stream them (decoded in the DataLoader workers every epoch)')
+           'process, else stream them (decoded in the DataLoader workers every epoch)' + (
+               " (default: the run's)" if evaluation else ''))
 
 
 def require(spec, what, labels=True, in_memory=False):
@@ -326,3 +334,23 @@ def require(spec, what, labels=True, in_memory=False):
         raise MixBTError(f'{what} needs the images in memory, and {reader.index.root} is streamed '
                          f'({_size(reader.nbytes)} over --max_memory_gb {reader.max_memory_gb:g}): raise '
                          '--max_memory_gb or pass --subset N')
+
+
+RUN_SETTINGS = ('image_size', 'folder_labels', 'max_memory_gb')
+
+
+def run_settings(args, checkpoint):
+    """An evaluation of a folder checkpoint takes the settings that define its data (RUN_SETTINGS)
+    that it leaves unset (None) from the pretraining run (args.json beside `checkpoint`), else
+    the defaults; the image size has no default: it picks the stem the checkpoint was trained with."""
+    if args.dataset != FOLDER:
+        return args
+    saved = read_json(os.path.join(os.path.dirname(os.path.abspath(checkpoint)), 'args.json'), "a run's settings")
+    saved = saved if isinstance(saved, dict) and saved.get('dataset') == FOLDER else {}
+    for key, default in zip(RUN_SETTINGS, (None, 'auto', MAX_MEMORY_GB)):
+        if getattr(args, key, None) is None:
+            setattr(args, key, saved.get(key, default))
+    if args.image_size is None:
+        raise MixBTError(f'--dataset folder: give --image_size, the size {checkpoint} was pretrained at (its run '
+                         'folder has no args.json that says it)')
+    return args

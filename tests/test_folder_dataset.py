@@ -330,3 +330,29 @@ def test_streamed_folder_names_empty_files_at_load_and_replaces_unreadable_ones_
     count, first = datasets.take_skipped_images(dataset)
     assert count == 2 and first in (junk, cut) and spec.streamed
     assert datasets.take_skipped_images(dataset) == (0, None)
+
+
+# ---------------------------------------------------------------- the tools' side
+def test_settings_alone_give_the_stem_without_reading_the_folder(tmp_path):
+    """What config and transfer.py need before (or without) the folder: the row of --image_size."""
+    spec = datasets.spec_of(Namespace(dataset='folder', image_size=64, data_root=str(tmp_path / 'none')),
+                            read_folder=False)
+    assert (spec.size, spec.maxpool, spec.size_class, spec.num_classes) == (64, True, '64px', 0)
+    assert datasets.spec_of('folder') is spec and spec.in_memory
+    with pytest.raises(MixBTError, match='knows no folder'):
+        datasets.load('folder', str(tmp_path), 'train')
+
+
+def test_an_evaluation_takes_the_folder_settings_of_the_pretraining_run(tmp_path):
+    (tmp_path / 'args.json').write_text('{"dataset": "folder", "image_size": 48, "folder_labels": "none", '
+                                        '"max_memory_gb": 2.5, "lmbda": 0.005}')
+    checkpoint = str(tmp_path / 'run_model.pth')
+    unset = dict(dataset='folder', image_size=None, folder_labels=None, max_memory_gb=None)
+    args = folder_data.run_settings(Namespace(**unset), checkpoint)
+    assert (args.image_size, args.folder_labels, args.max_memory_gb) == (48, 'none', 2.5)
+    given = folder_data.run_settings(Namespace(**{**unset, 'image_size': 32, 'folder_labels': 'auto'}), checkpoint)
+    assert (given.image_size, given.folder_labels, given.max_memory_gb) == (32, 'auto', 2.5)
+    with pytest.raises(MixBTError, match='give --image_size, the size .* was pretrained at'):
+        folder_data.run_settings(Namespace(**unset), str(tmp_path / 'elsewhere' / 'm.pth'))
+    other = Namespace(dataset='cifar10', image_size=None)
+    assert folder_data.run_settings(other, checkpoint).image_size is None
