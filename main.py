@@ -176,7 +176,8 @@ class Trainer:
         self.optimizer = build_optimizer(args, method)  # the method's own parameters too (BYOL predictor)
         self.fresh_groups = [dict(g) for g in self.optimizer.param_groups]
         self.amp_dtype = autocast_dtype(args.precision, device)
-        self.scaler = grad_scaler(self.amp_dtype, device)
+        reference = getattr(args, 'bt_loss', None) == 'imagenet_reference'  # the original ImageNet script's scaler
+        self.scaler = grad_scaler(self.amp_dtype, device, growth_interval=100 if reference else 2000)
 
     # ------------------------------------------------------------------------ restore
     def restore(self, saved, changes):

@@ -36,3 +36,27 @@ def test_imagenet_has_1252_steps_an_epoch_at_batch_1024():
 def test_a_batch_that_the_reference_gpus_cannot_share_is_refused():
     with pytest.raises(MixBTError, match='divide --batch_size'):
         ReferenceBatches(100, 60, 8, seed=0)
+
+
+def test_fp16_on_the_imagenet_recipe_uses_the_original_scaler(monkeypatch):
+    """The original ImageNet script: GradScaler(growth_interval=100); elsewhere torch's default."""
+    import torch
+
+    import main
+    from mixbt.config import get_args
+    from mixbt.runtime import grad_scaler
+    assert grad_scaler(torch.float16, torch.device('cpu'), growth_interval=100).get_growth_interval() == 100
+    seen = []
+    monkeypatch.setattr(main, 'autocast_dtype', lambda precision, device: torch.float16)
+    monkeypatch.setattr(main, 'grad_scaler', lambda amp, device, growth_interval: seen.append(growth_interval))
+    monkeypatch.setattr(main, 'build_model', lambda args: torch.nn.Linear(2, 2))
+    monkeypatch.setattr(main.METHODS['mixbt'], 'build', classmethod(lambda cls, args, model: model))
+    monkeypatch.setattr(main, 'print_config', lambda *a: None)
+    monkeypatch.setattr(main, 'profile', lambda *a: None)
+    for dataset, want in (('imagenet', 100), ('cifar10', 2000)):
+        args = get_args(['--dataset', dataset, '--is_mixup', 'true', '--batch_size', '64', '--gpu', '-1'])
+        trainer = main.Trainer.__new__(main.Trainer)
+        trainer.args, trainer.device, trainer.k = args, torch.device('cpu'), args.k
+        trainer.spec = main.datasets.SPECS[dataset]
+        trainer.setup()
+        assert seen[-1] == want
