@@ -3,7 +3,8 @@ and the W-MSE code's Euclidean k-NN majority vote (section 6), logged next to it
 
 Features are the backbone outputs of images under the evaluation transform: L2-normalised for the
 weighted kNN, raw for the Euclidean one. Under torch.distributed each rank embeds a round-robin
-shard and the shards are gathered.
+shard and the shards are gathered. monitors.py adds the overfitting monitors to the same features
+(the leave-one-out kNN on the memory bank: weighted_knn_scores' `exclude`).
 """
 import numpy as np
 import torch
@@ -23,20 +24,18 @@ def normalise_uint8(batch, mean, std):
 
 
 @torch.no_grad()
-def embed_images(backbone, images, mean, std, device, batch_size=512, autocast_dtype=None,
-                 channels_last=False, desc='kNN features', normalise=True):
-    """Features (L2-normalised, or raw with normalise=False) of uint8 images (N, H, W, 3) (numpy or
-    tensor), all ranks' shards gathered in the original order (a progress bar on the main process)."""
+def embed_batches(backbone, n, batch_of, device, batch_size=512, autocast_dtype=None, channels_last=False,
+                  desc='features', normalise=True):
+    """Features (L2-normalised, or raw with normalise=False) of n inputs, batch_of(indices) giving
+    the float NCHW batch of those inputs on the device: each rank embeds its round-robin shard and
+    all ranks get every feature in the original order (a progress bar on the main process)."""
     was_training = backbone.training
     backbone.eval()
-    n = len(images)
     idx, _ = D.shard_indices(n)
-    source = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.asarray(images))
     feats = []
     for start in tqdm(range(0, len(idx), batch_size), desc=desc, disable=not D.is_main(), leave=False,
                       dynamic_ncols=True, mininterval=1.0):
-        batch = source[idx[start:start + batch_size].to(source.device)].to(device, non_blocking=True)
-        x = normalise_uint8(batch, mean, std)
+        x = batch_of(idx[start:start + batch_size])
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
@@ -47,14 +46,29 @@ def embed_images(backbone, images, mean, std, device, batch_size=512, autocast_d
     return D.unshard(D.all_gather_cat(local), n)
 
 
+def embed_images(backbone, images, mean, std, device, batch_size=512, autocast_dtype=None,
+                 channels_last=False, desc='kNN features', normalise=True):
+    """Features (L2-normalised, or raw with normalise=False) of uint8 images (N, H, W, 3) (numpy or
+    tensor), all ranks' shards gathered in the original order."""
+    source = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.asarray(images))
+    batch_of = lambda i: normalise_uint8(source[i.to(source.device)].to(device, non_blocking=True), mean, std)
+    return embed_batches(backbone, len(images), batch_of, device, batch_size, autocast_dtype, channels_last, desc,
+                         normalise)
+
+
 @torch.no_grad()
 def weighted_knn_scores(test_features, bank_features, bank_labels, num_classes, k=200, temperature=0.5,
-                        chunk=1024):
-    """Class scores (B, C): sum over the k most cosine-similar bank entries of exp(sim / T)."""
-    k = min(k, bank_features.shape[0])
+                        chunk=1024, exclude=None):
+    """Class scores (B, C): sum over the k most cosine-similar bank entries of exp(sim / T).
+    exclude (B,): the bank index each test row must never count (leave-one-out on the bank itself:
+    by index, so a duplicate of the sample still counts, the sample itself never)."""
+    k = min(k, bank_features.shape[0] - (exclude is not None))
     scores = []
     for start in range(0, test_features.shape[0], chunk):
         sim = test_features[start:start + chunk] @ bank_features.T
+        if exclude is not None:
+            rows = torch.arange(sim.shape[0], device=sim.device)
+            sim[rows, exclude[start:start + chunk].to(sim.device)] = float('-inf')  # weight exp(-inf) = 0
         sim_weight, sim_idx = sim.topk(k, dim=-1)
         sim_labels = bank_labels[sim_idx]
         weights = (sim_weight / temperature).exp()
