@@ -205,7 +205,7 @@ def test_images_over_the_memory_budget_are_streamed_and_decode_alike(labelled_ma
     np.testing.assert_array_equal(train.images[10:20][2], in_memory.images[12])
     assert augment.eval_split('folder', memory) is None
     loader = torch.utils.data.DataLoader(augment.ArrayDataset(train, augment.eval_transform('folder')),
-                                         batch_size=64, num_workers=2)
+                                         batch_size=64)
     assert sum(len(x) for x, _ in loader) == 270
     with pytest.raises(MixBTError, match=r'streamed from disk.*raise --max_memory_gb \(0.0005\) or pass --subset N'):
         np.ascontiguousarray(train.images)  # what --aug gpu would do
@@ -289,7 +289,7 @@ def damage(root):
     return str(junk), str(cut), str(empty)
 
 
-@pytest.mark.parametrize('workers', [0, 2])
+@pytest.mark.parametrize('workers', [0, pytest.param(2, marks=pytest.mark.slow)])  # 2: worker processes
 def test_unreadable_images_are_named_or_left_out_with_a_count(labelled, workers, capsys):
     bad = damage(labelled)
     spec = resolve(labelled)
@@ -312,7 +312,8 @@ def test_an_empty_file_is_named_in_one_line(tmp_path, fashion):
     one_line(e, str(tmp_path / 'b' / 'img0001.png'), 'an empty file (0 bytes)')
 
 
-def test_streamed_folder_names_empty_files_at_load_and_replaces_unreadable_ones_in_workers(labelled, capsys):
+@pytest.mark.parametrize('workers', [0, pytest.param(2, marks=pytest.mark.slow)])  # 2: counted across processes
+def test_streamed_folder_names_empty_files_at_load_and_replaces_unreadable_ones_in_workers(labelled, workers, capsys):
     junk, cut, empty = damage(labelled)
     spec = resolve(labelled, max_memory_gb=0)
     with pytest.raises(BadImage) as e:
@@ -325,7 +326,7 @@ def test_streamed_folder_names_empty_files_at_load_and_replaces_unreadable_ones_
         strict[train.images.paths.index(junk)]
     one_line(e, f'folder train: cannot read image {junk} (UnidentifiedImageError', 'replace it or delete it')
     dataset = torch.utils.data.Subset(augment.ArrayDataset(train, augment.eval_transform('folder')), range(269))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=100, num_workers=2)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=100, num_workers=workers)
     assert sum(len(x) for x, _ in loader) == 269
     count, first = datasets.take_skipped_images(dataset)
     assert count == 2 and first in (junk, cut) and spec.streamed
