@@ -76,9 +76,9 @@ def labels(runs):
 
 
 def group_labels(groups):
-    """The settings that tell each group apart (the seed never does), with its number of seeds."""
+    """The settings that tell each group apart (the seed never does)."""
     keys = differing_settings([g.runs[0] for g in groups], exclude=('seed',))
-    return [' '.join(label(g.runs[0], keys).split()) if keys else 'all runs' for g in groups]
+    return [label(g.runs[0], keys) if keys else 'all runs' for g in groups]
 
 
 # ---------------------------------------------------------------------------- tables
@@ -318,12 +318,15 @@ def report(runs, out=None, evaluations=(), reference=None, eval_dirs=None):
     groups = compare_stats.seed_groups(runs)
     if any(len(g.runs) > 1 for g in groups):
         parts.append('Over seeds (mean ± std (n runs); NaN counted apart):\n\n' + groups_table(groups))
+        evaluations_over_seeds = group_evaluation_table(groups)
+        if evaluations_over_seeds:
+            parts.append(f'Evaluations over seeds:\n\n{evaluations_over_seeds}')
         ref = next((g for g in groups if reference in g.runs), groups[0])
-        for title, table in (('Evaluations over seeds', group_evaluation_table(groups)),
-                             ('Paired by seed (other - reference; 95 % t-interval of the mean difference)',
-                              paired_table(groups, ref))):
-            if table:
-                parts.append(f'{title}:\n\n{table}')
+        pairs = paired_table(groups, ref)
+        if pairs:
+            parts.append(f'Paired by seed (other - reference; 95 % t-interval of the mean difference):\n\n{pairs}')
+        elif len(groups) > 1:
+            parts.append('No paired comparison: no other group ran two or more of the reference group\'s seeds.')
     evaluations_text = evaluation_tables(runs, evaluations)
     if evaluations_text:
         parts.append('Evaluations:\n\n' + evaluations_text)

@@ -213,15 +213,15 @@ class Point:
         # What the run is: the script, and each main.py flag's value in effect (the script passes its
         # overrides first, then our flags: the last one wins), plus the script's other overrides.
         launcher = {**os.environ, **self.env}
+        value_of = lambda var, default: launcher.get(var) or default  # bash's ${VAR:-default}
         passed = {var for var, _ in variables.values()}
         self.identity = {'script': shown_path(script)}
-        self.identity.update({f'--{flag}': launcher.get(var, default) for flag, (var, default) in variables.items()})
+        self.identity.update({f'--{flag}': value_of(*variables[flag]) for flag in variables})
         self.identity.update(parse_flags(self.flags))
-        self.identity.update({f'${var}': launcher.get(var, default) for var, default in overrides.items()
+        self.identity.update({f'${var}': value_of(var, default) for var, default in overrides.items()
                               if var not in passed})
         for flag in LOCATION_FLAGS:
             self.identity.pop(flag, None)
-            self.identity.pop(f'${variables.get(flag[2:], ("",))[0]}', None)
         digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:8]
         self.other_name = f'{name}-{digest}'
 
@@ -281,8 +281,7 @@ def overridden_environment(sweep, variables):
     """One note per setting of the sweep that the launcher's environment also sets: the sweep's wins."""
     notes = []
     for flag in [*command_flags(sweep), *sweep['parameters']]:
-        var = variables.get(flag, ('',))[0]
-        if var in os.environ and flag not in notes:
+        if os.environ.get(variables.get(flag, ('',))[0]) and flag not in notes:
             notes.append(flag)
     return [f'note: {variables[f][0]}={os.environ[variables[f][0]]} in the environment is not used: the sweep sets '
             f'--{f} (to change it for every point, give -- --{f} VALUE)' for f in notes]

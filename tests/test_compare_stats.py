@@ -107,3 +107,11 @@ def test_groups_are_drawn_as_mean_with_a_std_band(seeds):
     assert len(knn.collections) == 2  # one band per group
     line = knn.get_lines()[1]
     assert list(line.get_ydata()) == pytest.approx([50.0, 61.0, statistics.mean(KNN['mixbt'])])
+
+
+def test_groups_without_two_shared_seeds_are_not_paired_and_it_says_so(tmp_path):
+    runs = [compare.read_run(write_run(tmp_path / f'{method}{seed}', {'method': method, 'seed': seed}))
+            for method, seeds in (('barlowtwins', (0, 1)), ('mixbt', (1, 2))) for seed in seeds]
+    text = compare.report(runs)
+    assert 'Paired by seed' not in text
+    assert "No paired comparison: no other group ran two or more of the reference group's seeds." in text

@@ -32,8 +32,9 @@ def sweep_of(name):
 
 
 def main_py_flags():
-    """Every `'--flag'` string of main.py's parser: config.py, methods.py, baselines.py (read as text)."""
-    text = ''.join(open(os.path.join(ROOT, f)).read() for f in ('mixbt/config.py', *sorted(glob.glob(os.path.join(ROOT, 'mixbt', 'methods', '*.py')))))
+    """Every `'--flag'` string of main.py's parser: config.py and the methods (read as text)."""
+    files = [os.path.join(ROOT, 'mixbt', 'config.py'), *sorted(glob.glob(os.path.join(ROOT, 'mixbt', 'methods', '*.py')))]
+    text = ''.join(open(f).read() for f in files)
     return set(re.findall(r"""['"]--([A-Za-z][\w-]*)['"]""", text))
 
 
