@@ -14,12 +14,8 @@ import torch
 from mixbt import data as datasets
 from mixbt import distributed as D
 from mixbt.errors import MixBTError
+from mixbt.gpu_colour import color_jitter, hue_group_bounds, random_grayscale
 from mixbt.runtime import device_constant
-
-GRAY = (19595, 38470, 7471)  # PIL's ITU-R 601-2 luma in 16-bit fixed point (Convert.c's L24)
-# hsv2rgb's choice among (v, p, q, t) for R, G, B in each sextant of the hue
-SEXTANTS = ((0, 3, 1), (2, 0, 1), (1, 0, 3), (1, 2, 0), (3, 1, 0), (0, 1, 2))
-
 
 # The SSL view of each in-memory data set: its registry row's recipe (data.Recipe), as augment.py builds it.
 RECIPES = {name: spec.recipe for name, spec in datasets.SPECS.items() if spec.in_memory}
@@ -52,11 +48,6 @@ def sample_crops(u_area, u_ratio, u_pos, height, width, scale, ratio):
     ok = fits.any(1)
     box = [torch.where(ok, v, f) for v, f in ((i, (height - fh) // 2), (j, (width - fw) // 2), (h, fh), (w, fw))]
     return torch.stack(box, 1).long()
-
-
-def hue_group_bounds(n):
-    """Slots [lo, hi) of the batch whose hue shift comes k-th, k = 0..3 (quarters of the batch)."""
-    return [(k * n // 4, (k + 1) * n // 4) for k in range(4)]
 
 
 def sample_params(n, recipe, height, width, generator, device):
@@ -95,146 +86,95 @@ def sample_params(n, recipe, height, width, generator, device):
 
 # ---------------------------------------------------------------------------- resampling
 # Pixels are floats on PIL's uint8 grid (0..255) from the first step to the last.
-def to_uint8(x):
-    """PIL's uint8 result of a resampling pass: rounded half up, clipped to [0, 255] (in place)."""
-    return x.add_(0.5).floor_().clamp_(0, 255)
+def to_uint8(x, kernel='bicubic', out=None):
+    """PIL's uint8 result of a resampling pass: rounded half up, clipped to [0, 255] (in place, or
+    into out). Bilinear weights are convex: their sums never leave [0, 255], and the clip is skipped."""
+    x = torch.add(x, 0.5, out=x if out is None else out).floor_()
+    return x if kernel == 'bilinear' else x.clamp_(0, 255)
 
 
 def _filter(x, kernel):
-    x = x.abs()
+    """PIL's kernel at distances x (consumed)."""
+    x = x.abs_()
     if kernel == 'bilinear':
-        return (1 - x).clamp_min(0)
+        return torch.rsub(x, 1).clamp_min_(0)
     a = -0.5  # PIL's bicubic (PyTorch's non-antialiased bicubic uses -0.75)
     near = ((a + 2) * x - (a + 3)) * x * x + 1
     far = (((x - 5) * x + 8) * x - 4) * a
     return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
 
 
-def resize_weights(start, length, out_size, in_size, kernel='bilinear'):
+def resize_weights(start, length, out_size, in_size, kernel='bilinear', flip=None):
     """(N, out_size, in_size) matrices resampling pixels [start, start + length) of a line of
     in_size pixels to out_size pixels, as PIL's ImagingResample does (precompute_coeffs): the
     kernel's support widens by the scale factor when downscaling (PIL's antialiasing) and the taps
-    are limited to the crop and renormalised."""
+    are limited to the crop and renormalised. Where flip (N,) is set, the output is mirrored."""
     start, length = start.float()[:, None, None], length.float()[:, None, None]
     scale = length / out_size
-    centre = start + (torch.arange(out_size, device=start.device).view(1, -1, 1) + 0.5) * scale
+    position = torch.arange(out_size, device=start.device).view(1, -1, 1).float()
+    if flip is not None:  # output pixel s takes the weights of out_size - 1 - s
+        position = position + flip.float()[:, None, None] * (out_size - 1 - 2 * position)
+    centre = start + (position + 0.5) * scale
     x = torch.arange(in_size, device=start.device).view(1, 1, -1).float()
-    w = _filter((x + 0.5 - centre) / scale.clamp_min(1.0), kernel)
-    w = w * ((x >= start) & (x < start + length))
-    return w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+    distance = x + 0.5 - centre
+    if in_size > out_size:  # else no crop is larger than the output: the support never widens
+        distance = distance.div_(scale.clamp_min(1.0))
+    w = _filter(distance, kernel)
+    w = w.mul_((x >= start) & (x < start + length))
+    return w.div_(w.sum(-1, keepdim=True).clamp_min_(1e-12))
 
 
 def crop_resize(x, crop, size, kernel='bilinear', flip=None):
     """Crop boxes (N, 4) = (i, j, h, w) of images x (N, C, H, W) in 0..255, each resized to
     size x size and mirrored where flip (N,) is set, in PIL's two passes (horizontal first), each
-    with a uint8 result. Two batched matmuls with per-sample weights; the flip is folded in."""
+    with a uint8 result: two batched matmuls with per-sample weights. Where x's memory is laid out
+    (N, H, C, W), as apply_params makes it, neither pass copies its input. The result is contiguous."""
     n, c, height, width = x.shape
-    wy = resize_weights(crop[:, 0], crop[:, 2], size, height, kernel)
-    wx = resize_weights(crop[:, 1], crop[:, 3], size, width, kernel)
-    if flip is not None:
-        wx = torch.where(flip[:, None, None], wx.flip(1), wx)
-    out = to_uint8(torch.bmm(x.reshape(n, c * height, width), wx.transpose(1, 2)))
-    return to_uint8(torch.einsum('nsh,nchw->ncsw', wy, out.view(n, c, height, size)))
-
-
-# ---------------------------------------------------------------------------- colour
-# PIL's own integer and float arithmetic, so that every step lands on the uint8 value PIL stores;
-# per-sample choices as float weights rather than boolean masks on whole images (slow on CPU).
-def grayscale(x):
-    """PIL's convert('L') of (N, 3, H, W) images: (N, 1, H, W), rounded like PIL. Elementwise,
-    as the fixed-point sum is exact in float32 (a matmul may run in TF32 on CUDA)."""
-    r, g, b = x.unbind(1)
-    return (r * GRAY[0] + g * GRAY[1] + b * GRAY[2] + 32768).div_(65536).floor_().unsqueeze(1)
-
-
-def rgb_to_hsv(x):
-    """PIL's 8-bit HSV (rgb2hsv_row) of (N, 3, H, W) images: h, s, v, each (N, H, W).
-    The hue mixes float and double as PIL's C code does: where 255 * hue is a whole number,
-    that decides between it and the one below (0.3% of all colours)."""
-    r, g, b = x.unbind(1)
-    maxc = x.amax(1)
-    chroma = maxc - x.amin(1)
-    c = chroma.clamp_min(1)  # chroma 0 (grey): every term below is 0, as PIL's h = s = 0
-    rc, gc, bc = (maxc - r) / c, (maxc - g) / c, (maxc - b) / c
-    h = torch.where(r == maxc, (bc - gc).double(), torch.where(g == maxc, 2 + rc.double() - bc, 4 + gc.double() - rc))
-    h = torch.fmod(h.float().double() / 6 + 1, 1).float()
-    hue = torch.trunc(h.double() * 255).float()
-    return hue, torch.floor(255 * chroma / maxc.clamp_min(1)), maxc  # floor = PIL's (int)(s * 255.0)
-
-
-def hsv_to_rgb(h, s, v):
-    """PIL's 8-bit HSV -> RGB (hsv2rgb): (N, 3, H, W) from h, s, v (N, H, W). Sextant 6 is 0."""
-    i = torch.floor(h * 6 / 255)
-    f, fs = (h * 6 - 255 * i) / 255, s / 255
-    p, q, t = (to_uint8(v * (1 - fs)), to_uint8(v * (1 - fs * f)), to_uint8(v * (1 - fs * (1 - f))))
-    pick = device_constant(SEXTANTS, v.device)[i.long() % 6].permute(0, 3, 1, 2)
-    return torch.stack([v, p, q, t], 1).gather(1, pick)
-
-
-def adjust_hue(x, shift):
-    """torchvision's adjust_hue on PIL images, for x (N, 3, H, W) and shift (N,) turns: PIL's 8-bit
-    H plus int(shift * 255), wrapping around at 256 like numpy's uint8."""
-    h, s, v = rgb_to_hsv(x)
-    step = torch.trunc(shift.double() * 255).float().view(-1, 1, 1)
-    return hsv_to_rgb(torch.remainder(h + step, 256), s, v)
-
-
-def color_jitter(x, order, factors, on):
-    """ColorJitter with per-sample factors (N, 4) applied in per-sample order (N, 4) where on (N,).
-
-    Brightness, contrast and saturation are PIL's ImageEnhance blends: f * x + (1 - f) * D,
-    truncated to uint8, with D = 0, the grey image's rounded mean, or the grey image; step k
-    applies each sample's k-th blend (factor 1 for the samples whose k-th operation is the hue
-    shift). The batch must be sorted by hue position (the `slots` of sample_params): step k
-    shifts the hue of the k-th quarter only."""
-    n, pixels = x.shape[0], x.shape[2] * x.shape[3]
-    view = lambda t: t.float().view(-1, 1, 1, 1)
-    blend = torch.where(on[:, None], factors[:, :3], torch.ones_like(factors[:, :3]))
-    blend = torch.cat([blend, torch.ones_like(blend[:, :1])], 1)  # the hue "blend" is the identity
-    for k, (lo, hi) in enumerate(hue_group_bounds(n)):
-        op = order[:, k]
-        gray = grayscale(x)
-        # Contrast's int(mean + 0.5); the float32 sum is exact up to 256 x 256 pixels
-        mean = gray.sum((2, 3), keepdim=True).add_(pixels / 2).div_(pixels).floor_()
-        degenerate = torch.lerp(gray, mean, view(op == 1)).mul_(view(op != 0))
-        # Image.blend: in1 + alpha * (in2 - in1) in float32, clipped, truncated toward zero
-        x = x.sub(degenerate).mul_(view(blend.gather(1, op[:, None]))).add_(degenerate).clamp_(0, 255).floor_()
-        if hi > lo:
-            part = x[lo:hi]
-            x[lo:hi] = torch.lerp(part, adjust_hue(part, factors[lo:hi, 3]), view(on[lo:hi]))
-    return x
-
-
-def random_grayscale(x, gray):
-    return torch.lerp(x, grayscale(x).expand_as(x), gray.float().view(-1, 1, 1, 1))
+    if height == width:  # both axes' weights in one set of passes: rows (i, h) then (j, w)
+        mirror = None if flip is None else torch.cat([torch.zeros_like(flip), flip])
+        w = resize_weights(crop[:, :2].t().reshape(-1), crop[:, 2:].t().reshape(-1), size, height, kernel, mirror)
+        wy, wx = w[:n], w[n:]
+    else:
+        wy = resize_weights(crop[:, 0], crop[:, 2], size, height, kernel)
+        wx = resize_weights(crop[:, 1], crop[:, 3], size, width, kernel, flip)
+    rows = x.permute(0, 2, 1, 3).reshape(n, height * c, width)
+    out = to_uint8(torch.bmm(rows, wx.transpose(1, 2)), kernel)                   # (N, H, C, S)
+    out = torch.bmm(wy, out.view(n, height, c * size)).view(n, size, c, size).permute(0, 2, 1, 3)
+    return to_uint8(out, kernel, out=torch.empty(out.shape, device=x.device))
 
 
 # ---------------------------------------------------------------------------- pipeline
-def apply_params(images, params, recipe):
-    """uint8 (N, 3, H, W) -> float views (N, 3, S, S) in [0, 1], for given parameters."""
+def apply_params(images, params, recipe, memory_format=torch.contiguous_format):
+    """uint8 (N, 3, H, W) -> float views (N, 3, S, S) in [0, 1] in `memory_format`, for given
+    parameters. Fastest when the images' memory is (N, H, W, C), as DeviceViews keeps them."""
     slots = params['slots']  # work in hue-position order (color_jitter), return in the input order
     p = {k: v[slots] for k, v in params.items()}
-    x = images[slots].to(torch.float32, memory_format=torch.contiguous_format)
+    n, c, height, width = images.shape
+    chosen = images.permute(0, 2, 3, 1).index_select(0, slots)  # (N, H, W, C)
     if recipe.color_first:  # STL-10/Tiny-ImageNet: jitter and grayscale on the full image, then crop
+        x = chosen.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
         x = random_grayscale(color_jitter(x, p['order'], p['factors'], p['jitter']), p['gray'])
         x = crop_resize(x, p['crop'], recipe.size, recipe.kernel, p['flip'])
-    else:
+    else:  # crop_resize reads (N, H, C, W) memory without a copy; the colour ops prefer NCHW
+        x = torch.empty(n, height, c, width, device=images.device).copy_(chosen.transpose(2, 3)).transpose(1, 2)
         x = crop_resize(x, p['crop'], recipe.size, recipe.kernel, p['flip'])
         x = random_grayscale(color_jitter(x, p['order'], p['factors'], p['jitter']), p['gray'])
-    return torch.empty_like(x).index_copy_(0, slots, x).div_(255)  # ToTensor's x / 255
+    out = torch.empty(x.shape, device=x.device, memory_format=memory_format)
+    return out.index_copy_(0, slots, x).div_(255)  # ToTensor's x / 255
 
 
-def normalize(x, mean, std):
+def normalize(x, mean, std, inplace=False):
     mean = device_constant(tuple(mean), x.device).view(1, 3, 1, 1)
     std = device_constant(tuple(std), x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return x.sub_(mean).div_(std) if inplace else (x - mean) / std
 
 
-def augment_batch(images, recipe, mean, std, generator):
+def augment_batch(images, recipe, mean, std, generator, memory_format=torch.contiguous_format):
     """One SSL view of each uint8 image (N, 3, H, W) by `recipe` (a data.Recipe), normalised with
-    (mean, std): float (N, 3, S, S). All randomness comes from `generator` (on the images' device)."""
+    (mean, std): float (N, 3, S, S) in `memory_format`. All randomness comes from `generator`
+    (on the images' device)."""
     params = sample_params(images.shape[0], recipe, images.shape[2], images.shape[3], generator, images.device)
-    return normalize(apply_params(images, params, recipe), mean, std)
+    return normalize(apply_params(images, params, recipe, memory_format), mean, std, inplace=True)
 
 
 def stream_seed(*keys):
@@ -278,7 +218,5 @@ class DeviceViews:
         gen = torch.Generator(device=self.device).manual_seed(stream_seed(2, self.seed, epoch, D.rank()))
         for idx in self.batch_indices(epoch):
             batch = self.images[idx]
-            views = [augment_batch(batch, self.recipe, self.mean, self.std, gen) for _ in range(self.n_views)]
-            if self.channels_last:
-                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-            yield views
+            layout = torch.channels_last if self.channels_last else torch.contiguous_format
+            yield [augment_batch(batch, self.recipe, self.mean, self.std, gen, layout) for _ in range(self.n_views)]
