@@ -25,6 +25,7 @@ from mixbt import data as datasets
 from mixbt import distributed as D
 from mixbt import knn
 from mixbt import probe
+from mixbt.accumulate import accumulated_step, check_accumulate
 from mixbt.checkpoints import atomic_save, load_strict, non_finite_entries
 from mixbt.config import get_args, print_config
 from mixbt.errors import MixBTError
@@ -117,9 +118,15 @@ def train_one_epoch(args, epoch, ddp_method, method, optimizer, scaler, views_so
     for i, views in enumerate(bar):
         step = epoch * steps + i
         set_lr(optimizer, lr_factor(args, step, steps))
+        progress = Progress(epoch, args.epochs, step, steps)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss, logs = ddp_method(views, Progress(epoch, args.epochs, step, steps))
-        backward_step(loss, optimizer, scaler, grad_scale=1 / args.ref_world_size)
+            if args.accumulate > 1:  # the exact full-batch step in micro-batches (mixbt/accumulate.py)
+                loss, logs = accumulated_step(method, views, args.accumulate, progress, optimizer, scaler,
+                                              grad_scale=1 / args.ref_world_size)
+            else:
+                loss, logs = ddp_method(views, progress)
+        if args.accumulate == 1:
+            backward_step(loss, optimizer, scaler, grad_scale=1 / args.ref_world_size)
         method.after_step(Progress(epoch, args.epochs, step, steps))
         sums += torch.stack([loss.detach()] + [logs[k].detach() for k in method.log_keys]).float()
         count += 1
@@ -205,7 +212,7 @@ class Trainer:
             print(f'Run folder: {self.run_dir}  (method {args.method}, {D.world_size()} process(es) on '
                   f'{self.device})')
         self.ddp_method = method
-        if D.world_size() > 1:
+        if D.world_size() > 1 and args.accumulate == 1:  # --accumulate averages the gradients itself
             self.ddp_method = torch.nn.parallel.DistributedDataParallel(
                 method, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
         if args.compile:
@@ -356,6 +363,7 @@ def main(argv=None):
     if args.batch_size % D.world_size() or args.batch_size // D.world_size() < 2:
         raise MixBTError(f'--batch_size {args.batch_size} must be a multiple of the {D.world_size()} processes, with '
                          'at least 2 images per process')
+    check_accumulate(args, METHODS[args.method], D.world_size())
     seed_everything(args.seed + D.rank())
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True

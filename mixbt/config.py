@@ -83,6 +83,10 @@ def get_args(argv=None):
     a('--channels_last', default=True, type=str2bool,
       help='NHWC memory format (faster for cuDNN and for oneDNN on CPU)')
     a('--compile', action='store_true', help='torch.compile the model')
+    a('--accumulate', default=1, type=int,
+      help='process each batch as N micro-batches with the exact full-batch loss and gradient at the projector '
+           'output (two passes, one extra forward; peak memory about 1/N): mixbt, barlowtwins, hsic. The '
+           "backbone's BatchNorm still normalises each micro-batch on its own")
     a('--visuals', default=True, type=str2bool,
       help='at the end: nearest-neighbour retrievals and a 2-D map of the test embeddings (PNG, wandb)')
     a('--skip_bad_images', action='store_true',
@@ -167,7 +171,7 @@ def resolve_args(args, explicit=()):
 
 def check_args(args):
     """Settings that cannot mean anything: one clear error each, before any work."""
-    positive = ('epochs', 'feature_dim', 'k', 'log_every', 'image_size', 'ref_world_size')
+    positive = ('epochs', 'feature_dim', 'k', 'log_every', 'image_size', 'ref_world_size', 'accumulate')
     for key in positive:
         if getattr(args, key) < 1:
             raise MixBTError(f'--{key} {getattr(args, key)} must be at least 1')

@@ -19,7 +19,7 @@ class BarlowTwins(Method):
     computed in float32 (or the model's float64) outside autocast (`full_precision`).
     alpha ~ Beta(1, 1) is drawn from a generator seeded identically on every rank (so all
     ranks mix with the same alpha, with no communication); the permutation is per rank.
-    --bt_loss imagenet_reference: the original ImageNet script's loss instead (`reference_forward`).
+    --bt_loss imagenet_reference: the original ImageNet script's loss instead (`loss_of`).
     """
     log_keys = ('loss_bt', 'loss_mix')
     plot_keys = (('loss', 'loss_bt', 'loss_mix'),)
@@ -106,42 +106,48 @@ class BarlowTwins(Method):
         return self.mixup_loss_scale * min(1.0, progress.epoch_float / self.mixup_warmup_epochs)
 
     def forward(self, views, progress=None):
-        if self.bt_loss == 'imagenet_reference':
-            return self.reference_forward(views, progress)
-        xa, xb = views[0], views[1]
-        if self.is_mixup:
-            alpha, perm = self.draw_mixup(xa.shape[0], xa.device)
-            z = self.embed([xa, xb, alpha * xa + (1 - alpha) * xb[perm]])
-        else:
-            z = self.embed([xa, xb])
-        with full_precision(z[0]):
-            za, zb, *zm = [losses.standardize(v) for v in z]
-            loss_bt = losses.barlow_twins_loss(losses.cross_correlation(za, zb), self.lmbda, self.corr_neg_one)
-            if not self.is_mixup:
-                return loss_bt, {'loss_bt': loss_bt, 'loss_mix': torch.zeros_like(loss_bt)}
-            reg = losses.mixup_regulariser(zm[0], za, zb, perm, alpha)
-            loss_mix = self.mixup_scale(progress) * self.lmbda * reg
-            return loss_bt + loss_mix, {'loss_bt': loss_bt, 'loss_mix': loss_mix}
+        inputs, draws = self.inputs(views)
+        return self.loss_of(self.embed(inputs), draws, progress)
 
-    def reference_forward(self, views, progress=None):
-        """The original ImageNet script's loss (losses.group_standardize, losses.reference_mixup_regulariser)
-        on this process's whole groups of the global batch, each group of rows one of its GPUs' share.
-        The matrices are divided by the full --batch_size, also on a short last step, as the original's."""
+    def inputs(self, views):
+        """The tensors the model embeds this step (the mixed batch included), and the draws the loss
+        needs (alpha and the permutation), drawn once for the whole batch (also under --accumulate)."""
         xa, xb = views[0], views[1]
-        groups = groups_per_process(self.ref_groups, D.world_size(), xa.shape[0])
-        n = self.batch_size or xa.shape[0] * D.world_size()
-        if self.is_mixup:
+        if not self.is_mixup:
+            return [xa, xb], None
+        if self.bt_loss == 'imagenet_reference':
+            groups = groups_per_process(self.ref_groups, D.world_size(), xa.shape[0])
             alpha, perm = self.draw_group_mixup(groups, xa.shape[0] // groups, xa)
             mixed = alpha.view(-1, *[1] * (xa.dim() - 1))
-            z = self.embed([xa, xb, mixed * xa + (1 - mixed) * xb[perm]])
-        else:
-            z = self.embed([xa, xb])
+            return [xa, xb, mixed * xa + (1 - mixed) * xb[perm]], (alpha, perm)
+        alpha, perm = self.draw_mixup(xa.shape[0], xa.device)
+        return [xa, xb, alpha * xa + (1 - alpha) * xb[perm]], (alpha, perm)
+
+    def loss_of(self, z, draws, progress=None):
+        """(loss, logged terms) of the embeddings `z` of `inputs`, computed in full precision.
+        --bt_loss imagenet_reference: the original ImageNet script's loss (losses.group_standardize,
+        losses.reference_mixup_regulariser) on this process's whole groups of the global batch, each
+        group of rows one of its GPUs' share; the matrices are divided by the full --batch_size, also
+        on a short last step, as the original's."""
+        reference = self.bt_loss == 'imagenet_reference'
+        if reference:
+            groups = groups_per_process(self.ref_groups, D.world_size(), z[0].shape[0])
+            n = self.batch_size or z[0].shape[0] * D.world_size()
         with full_precision(z[0]):
-            za, zb, *zm = [losses.group_standardize(v, groups) for v in z]
-            loss_bt = losses.barlow_twins_loss(losses.cross_correlation(za, zb, n), self.lmbda, self.corr_neg_one)
+            if reference:
+                za, zb, *zm = [losses.group_standardize(v, groups) for v in z]
+                c = losses.cross_correlation(za, zb, n)
+            else:
+                za, zb, *zm = [losses.standardize(v) for v in z]
+                c = losses.cross_correlation(za, zb)
+            loss_bt = losses.barlow_twins_loss(c, self.lmbda, self.corr_neg_one)
             if not self.is_mixup:
                 return loss_bt, {'loss_bt': loss_bt, 'loss_mix': torch.zeros_like(loss_bt)}
-            reg = losses.reference_mixup_regulariser(zm[0], za, zb, perm, alpha.to(za.dtype)[:, None], n)
+            alpha, perm = draws
+            if reference:
+                reg = losses.reference_mixup_regulariser(zm[0], za, zb, perm, alpha.to(za.dtype)[:, None], n)
+            else:
+                reg = losses.mixup_regulariser(zm[0], za, zb, perm, alpha)
             loss_mix = self.mixup_scale(progress) * self.lmbda * reg
             return loss_bt + loss_mix, {'loss_bt': loss_bt, 'loss_mix': loss_mix}
 
