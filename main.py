@@ -74,12 +74,20 @@ def identity_tag(args):
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+# Settings a run saved before they existed had, in effect: the value it ran with.
+SETTINGS_BEFORE_THEY_EXISTED = {'bt_loss': 'global', 'accumulate': 1}
+
+
 def restore_point(folder, args):
     """The saved state this run continues (None for a new run) and the schedule changes it makes."""
     saved = folder.read_state()
     if saved is None:
         return None, []
-    changes = check_resume(saved.get('args', {}), args, RESUME_FREE, RESUME_SCHEDULE, folder.resume_path)
+    saved_args = {**SETTINGS_BEFORE_THEY_EXISTED, **saved.get('args', {})}
+    schedule = RESUME_SCHEDULE
+    if getattr(args, 'bt_loss', None) == 'imagenet_reference':  # its groups are what the loss is, not a scale
+        schedule = tuple(k for k in schedule if k != 'ref_world_size')
+    changes = check_resume(saved_args, args, RESUME_FREE, schedule, folder.resume_path)
     if changes and saved['epoch'] >= args.epochs:
         raise IdentityMismatch(
             f'{folder.resume_path} holds a finished run ({saved["epoch"]} epochs); this command changes '
@@ -364,6 +372,8 @@ def main(argv=None):
         raise MixBTError(f'--batch_size {args.batch_size} must be a multiple of the {D.world_size()} processes, with '
                          'at least 2 images per process')
     check_accumulate(args, METHODS[args.method], D.world_size())
+    if hasattr(METHODS[args.method], 'check_processes'):  # before any folder is made
+        METHODS[args.method].check_processes(args, D.world_size())
     seed_everything(args.seed + D.rank())
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
