@@ -79,7 +79,8 @@ def get_args(argv=None):
       help='BatchNorm statistics over the global batch in multi-process runs, as one process would compute them '
            '(false: per-process statistics, faster, not equal to one process)')
     a('--precision', default='auto', choices=['auto', 'fp32', 'bf16', 'fp16'],
-      help='auto: bf16 on CUDA where supported (fp16 otherwise), fp32 on CPU')
+      help='auto: bf16 on CUDA where supported (fp16 otherwise; the ImageNet reference recipe: fp16, as the '
+           'original), fp32 on CPU')
     a('--channels_last', default=True, type=str2bool,
       help='NHWC memory format (faster for cuDNN and for oneDNN on CPU)')
     a('--compile', action='store_true', help='torch.compile the model')
@@ -155,6 +156,8 @@ def resolve_args(args, explicit=()):
         args.aug = 'gpu' if on_cuda and spec.in_memory else 'cpu'
     if args.aug == 'gpu' and not spec.in_memory:
         raise MixBTError(f'--aug gpu needs an in-memory data set; {args.dataset} uses --aug cpu')
+    if args.precision == 'auto' and getattr(args, 'bt_loss', None) == 'imagenet_reference':
+        args.precision = 'fp16'  # the original ImageNet script: autocast (fp16) with a GradScaler
     if args.optimizer is None:
         args.optimizer = 'adam' if spec.in_memory else 'lars'
     if args.weight_decay is None:

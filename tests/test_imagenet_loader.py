@@ -60,3 +60,11 @@ def test_fp16_on_the_imagenet_recipe_uses_the_original_scaler(monkeypatch):
         trainer.spec = main.datasets.SPECS[dataset]
         trainer.setup()
         assert seen[-1] == want
+
+
+def test_the_imagenet_reference_recipe_runs_in_fp16_as_the_original():
+    from mixbt.config import get_args
+    assert get_args(['--dataset', 'imagenet', '--is_mixup', 'true', '--batch_size', '64']).precision == 'fp16'
+    assert get_args(['--dataset', 'imagenet', '--is_mixup', 'true', '--batch_size', '64',
+                     '--bt_loss', 'global']).precision == 'auto'
+    assert get_args(['--dataset', 'cifar10']).precision == 'auto'  # bf16 on CUDA where supported
