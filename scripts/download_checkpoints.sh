@@ -21,7 +21,8 @@ local_name() {
 urls=$(grep -o 'https://[^ )]*\.pth' "$ROOT/checkpoints/README.md")
 known=$(for url in $urls; do local_name "$url"; done)
 for name in "$@"; do
-  if ! printf '%s\n' "$known" | grep -qxF -- "$name"; then
+  # a here-string, not a pipe: under pipefail, grep -q quitting early can fail the printf (SIGPIPE)
+  if ! grep -qxF -- "$name" <<< "$known"; then
     echo "error: unknown checkpoint '$name'. The released checkpoints (checkpoints/README.md) are:" >&2
     printf '  %s\n' $known >&2
     exit 1
@@ -142,7 +143,7 @@ mkdir -p "$dest"
 present= missing= offline=  # space-separated names
 for url in $urls; do
   name=$(local_name "$url")
-  if [ $# -gt 0 ] && ! printf '%s\n' "$@" | grep -qxF -- "$name"; then continue; fi
+  if [ $# -gt 0 ] && ! grep -qxF -- "$name" <<< "$(printf '%s\n' "$@")"; then continue; fi
   file=$dest/$name part=$dest/$name.part
   if [ -f "$file" ]; then
     if result=$(check "$file" "$name" 2>&1); then accepted "$name" $result have; present+=" $name"; continue; fi
