@@ -275,7 +275,8 @@ def _expected_small(state, arch, dataset):
     expected = {f'f.{k}': v for k, v in small_backbone(arch, SPECS[dataset].maxpool).state_dict().items()}
     sizes = _linear_sizes(state, 'g')
     if sizes:
-        head = mlp([EMBEDDING_SIZE[arch]] + sizes, last_bias=f'g.{3 * (len(sizes) - 1)}.bias' in state)
+        head = mlp([EMBEDDING_SIZE[arch]] + sizes, last_bias=f'g.{3 * (len(sizes) - 1)}.bias' in state,
+                   hidden_bias=len(sizes) > 1 and 'g.0.bias' in state)
         expected.update({f'g.{k}': v for k, v in head.state_dict().items()})
     return expected
 

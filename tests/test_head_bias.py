@@ -38,3 +38,22 @@ def test_a_run_model_takes_the_head_bias_of_its_method(biased, monkeypatch):
     assert linear_biases(M.build_model(mixbt).g) == [False, True]
     assert linear_biases(M.build_model(argparse.Namespace(dataset='cifar10', arch='resnet18', feature_dim=8,
                                                           projector=None)).g) == [False, True]
+
+
+def test_each_baseline_head_has_its_original_biases():
+    """W-MSE repository (SimCLR, BYOL, W-MSE) and CW-RGP: get_head, biases on every Linear, and
+    BYOL's predictor too; INTL: get_projection, none before a BatchNorm; Mix-BT: none."""
+    expected = {'simclr': True, 'byol': True, 'wmse': True, 'cwrgp': True, 'intl': False,
+                'mixbt': False, 'barlowtwins': False, 'hsic': False}
+    assert {name: M.head_hidden_bias(name) for name in methods.METHODS} == expected
+    byol = methods.BYOL(M.Model(8, 'resnet18', projector='16-8', hidden_bias=True), emb=8, head_size=16)
+    assert linear_biases(byol.predictor) == [True, True]
+
+
+def test_a_baseline_checkpoint_with_head_biases_loads(tmp_path):
+    import torch
+    from mixbt import checkpoints as C
+    for biased in (False, True):  # runs before and after the heads took the original's biases
+        path = tmp_path / f'abcd_wmse_8_4_cifar10_model_{biased}.pth'
+        torch.save(M.Model(8, 'resnet18', projector='16-8', hidden_bias=biased).state_dict(), path)
+        C.load_backbone(str(path), 'cifar10')

@@ -33,6 +33,7 @@ class Baseline(Method):
         flag('--head_size', default=None, type=int, help='hidden width of the head (INTL: of both hidden layers)'),
     )
     head_layers = 1  # hidden layers of the head
+    head_hidden_bias = True  # the W-MSE repository's get_head: a bias on every Linear (model.build_model)
 
     @classmethod
     def defaults(cls, spec, dataset):

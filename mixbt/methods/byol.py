@@ -33,7 +33,7 @@ class BYOL(Baseline):
 
     def __init__(self, model, emb, head_size=1024, byol_tau=0.99, n_views=2, seed=0, fuse_views=True):
         super().__init__(model, n_views, seed, fuse_views)
-        self.predictor = mlp([emb, head_size, emb], last_bias=True)
+        self.predictor = mlp([emb, head_size, emb], last_bias=True, hidden_bias=True)  # W-MSE's: biases throughout
         self.target = copy.deepcopy(model).requires_grad_(False)
         self.byol_tau = byol_tau
         self.configure_bn()

@@ -15,6 +15,7 @@ class INTL(Baseline):
     flags = Baseline.flags + (
         flag('--intl_iters', '--iters', default=4, type=int, help='INTL: Newton iterations of IterNorm (T)'),)
     head_layers = 2
+    head_hidden_bias = False  # INTL's get_projection: Linear(bias=False) before each BatchNorm
 
     @classmethod
     def defaults(cls, spec, dataset):
