@@ -6,6 +6,7 @@ of augment.ssl_views (docs/protocol.md section 3) in distribution, and given the
 they are PIL's pixels: every step lands on the uint8 value PIL stores, up to the rounding of
 resampling sums (tests/test_gpu_augment.py).
 """
+import functools
 import math
 
 import numpy as np
@@ -124,19 +125,44 @@ def resize_weights(start, length, out_size, in_size, kernel='bilinear', flip=Non
     return w.div_(w.sum(-1, keepdim=True).clamp_min_(1e-12))
 
 
+WEIGHT_TABLE_BYTES = 16 * 2 ** 20
+
+
+@functools.lru_cache(maxsize=None)
+def _weight_table(in_size, out_size, kernel, device):
+    """resize_weights of every (start, length, flip) of a line, by key 2 * (start * (in_size + 1) +
+    length) + flip; made once per device for small images (CIFAR: 8.6 MB), where a lookup costs
+    far less than the dozen passes that compute a batch's weights."""
+    start, length, flip = (t.reshape(-1) for t in torch.meshgrid(
+        torch.arange(in_size), torch.arange(in_size + 1), torch.arange(2), indexing='ij'))
+    return resize_weights(start, length, out_size, in_size, kernel, flip).to(device)
+
+
+def crop_weights(crop, size, height, width, kernel='bilinear', flip=None):
+    """(wy, wx): resize_weights of the crop boxes (N, 4) on both axes, the horizontal one mirrored
+    where flip (N,) is set."""
+    n = len(crop)
+    if height == width and 2 * height * (height + 1) * size * height * 4 <= WEIGHT_TABLE_BYTES:
+        key = (crop[:, :2] * (height + 1) + crop[:, 2:]).mul_(2)
+        if flip is not None:
+            key[:, 1] += flip.long()
+        w = _weight_table(height, size, kernel, crop.device).index_select(0, key.t().reshape(-1))
+    elif height == width:  # both axes' weights in one set of passes: rows (i, h) then (j, w)
+        mirror = None if flip is None else torch.cat([torch.zeros_like(flip), flip])
+        w = resize_weights(crop[:, :2].t().reshape(-1), crop[:, 2:].t().reshape(-1), size, height, kernel, mirror)
+    else:
+        return (resize_weights(crop[:, 0], crop[:, 2], size, height, kernel),
+                resize_weights(crop[:, 1], crop[:, 3], size, width, kernel, flip))
+    return w[:n], w[n:]
+
+
 def crop_resize(x, crop, size, kernel='bilinear', flip=None):
     """Crop boxes (N, 4) = (i, j, h, w) of images x (N, C, H, W) in 0..255, each resized to
     size x size and mirrored where flip (N,) is set, in PIL's two passes (horizontal first), each
     with a uint8 result: two batched matmuls with per-sample weights. Where x's memory is laid out
     (N, H, C, W), as apply_params makes it, neither pass copies its input. The result is contiguous."""
     n, c, height, width = x.shape
-    if height == width:  # both axes' weights in one set of passes: rows (i, h) then (j, w)
-        mirror = None if flip is None else torch.cat([torch.zeros_like(flip), flip])
-        w = resize_weights(crop[:, :2].t().reshape(-1), crop[:, 2:].t().reshape(-1), size, height, kernel, mirror)
-        wy, wx = w[:n], w[n:]
-    else:
-        wy = resize_weights(crop[:, 0], crop[:, 2], size, height, kernel)
-        wx = resize_weights(crop[:, 1], crop[:, 3], size, width, kernel, flip)
+    wy, wx = crop_weights(crop, size, height, width, kernel, flip)
     rows = x.permute(0, 2, 1, 3).reshape(n, height * c, width)
     out = to_uint8(torch.bmm(rows, wx.transpose(1, 2)), kernel)                   # (N, H, C, S)
     out = torch.bmm(wy, out.view(n, height, c * size)).view(n, size, c, size).permute(0, 2, 1, 3)
@@ -217,6 +243,6 @@ class DeviceViews:
     def epoch(self, epoch):
         gen = torch.Generator(device=self.device).manual_seed(stream_seed(2, self.seed, epoch, D.rank()))
         for idx in self.batch_indices(epoch):
-            batch = self.images[idx]
+            batch = self.images.permute(0, 2, 3, 1).index_select(0, idx).permute(0, 3, 1, 2)  # rows: a memcpy each
             layout = torch.channels_last if self.channels_last else torch.contiguous_format
             yield [augment_batch(batch, self.recipe, self.mean, self.std, gen, layout) for _ in range(self.n_views)]

@@ -215,6 +215,16 @@ def test_resize_weights_match_torchvision_resized_crop(source, size, kernel):
         torch.testing.assert_close(ours[n], ref, atol=1e-5, rtol=0)
 
 
+def test_small_images_take_their_weights_from_a_table_of_every_crop():
+    """CIFAR-sized lines look their weights up (gpu_augment._weight_table): the same bits as computing them."""
+    p = params(256, seed=4)
+    assert 2 * 33 * 32 * 32 * 32 * 4 <= G.WEIGHT_TABLE_BYTES  # CIFAR takes the table
+    wy, wx = G.crop_weights(p['crop'], 32, 32, 32, 'bilinear', p['flip'])
+    assert torch.equal(wy, G.resize_weights(p['crop'][:, 0], p['crop'][:, 2], 32, 32))
+    assert torch.equal(wx, G.resize_weights(p['crop'][:, 1], p['crop'][:, 3], 32, 32, flip=p['flip']))
+    assert torch.equal(wx[p['flip']], G.resize_weights(p['crop'][:, 1], p['crop'][:, 3], 32, 32)[p['flip']].flip(1))
+
+
 def colour_grid():
     """uint8 (1, 3, 86 * 86, 86): every colour whose components are multiples of 3. Many of them
     have a hue that falls on PIL's 8-bit grid, where its float/double arithmetic decides."""
