@@ -14,17 +14,20 @@ Parts, in this order:
 
 Everything goes to <results_dir>/<checkpoint file stem>/ (or --run_name): evaluation.csv
 (task,dataset,metric,value), evaluation.md (the paper's layout), args.json, knn.json and one run
-folder per probe (linear/, transfer_<set>/). The same command started again skips the finished
-parts (knn.json, the probe's results.json) and continues a killed probe from its checkpoint.pth;
-a command that would change what the folder holds (another checkpoint, data set, epochs...) is
-refused. Runs under torchrun too (rank 0 writes; the probes split every batch).
+folder per probe (linear/, transfer_<set>/). Each result records its identity: the sha256 of the
+checkpoint file's content and the settings that define the part (mixbt/identity.py). The same
+command started again reuses the finished parts whose identity matches and continues a killed
+probe from its checkpoint.pth; a part computed from other inputs (the run folder's best model
+rewritten since, say) is computed afresh, with one line saying so. The table keeps every finished
+part that still matches, also transfer sets that this command does not name. A command that
+would change a setting of the folder (data set, epochs...) is refused. The probes' BatchNorm is
+the original's (train mode while the classifier trains); --probe_bn eval is ours. Runs under
+torchrun too (rank 0 writes; the probes split every batch).
 """
 import argparse
-import csv
 import glob
-import io
-import json
 import os
+import shutil
 import time
 
 import torch
@@ -35,10 +38,11 @@ from mixbt import distributed as D
 from mixbt import knn
 import linear
 import transfer
-from mixbt.checkpoints import load_backbone, resolve_dataset_arg
+from mixbt.eval_table import write_tables
+from mixbt.checkpoints import load_backbone, read_checkpoint, resolve_dataset_arg
 from mixbt.errors import MixBTError
-from main import format_time
-from mixbt.identity import check_resume
+from mixbt.identity import check_resume, differences, file_sha256, read_json, settings, stale_note, write_json
+from mixbt.probe import format_time, probe_identity
 from mixbt.runs import Lock, check_writable
 from mixbt.transfer_data import TRANSFER, load_transfer
 from mixbt.runtime import autocast_dtype, run_command
@@ -46,7 +50,9 @@ from mixbt.runtime import autocast_dtype, run_command
 # Settings that may change between two runs on one evaluation folder: where things are and how
 # fast they run, and which transfer sets are tried; not what a finished part computed.
 RESUME_FREE = ('checkpoint', 'data_root', 'results_dir', 'run_name', 'eval_dir', 'workers', 'gpu', 'precision',
-               'transfer_datasets')
+               'transfer_datasets', 'model_sha256')
+# What defines the kNN part, besides the checkpoint's content.
+KNN_KEYS = ('dataset', 'arch', 'k', 'temperature', 'subset', 'channels_last')
 
 
 def get_args(argv=None):
@@ -71,7 +77,10 @@ def get_args(argv=None):
            "--transfer_batch_size is given")
     a('--transfer_batch_size', default=None, type=int, help="default: --batch_size if given, else transfer.py's, 128")
     a('--subset', default=0, type=int, help='use only N images of each split in every part (quick runs)')
-    a('--no_aug', action='store_true', help='linear probe on cached un-augmented features (much faster)')
+    a('--no_aug', action='store_true', help='linear probe on un-augmented images (cached features with --probe_bn eval)')
+    a('--probe_bn', default=None, choices=['train', 'eval'],
+      help="the frozen backbone's BatchNorm in every probe: train (the original's; linear.py's and transfer.py's "
+           "default, ImageNet: eval) or eval (ours: statistics never change, features cached where possible)")
     a('--k', default=None, type=int, help='kNN neighbours (default: the run\'s --k, else 200)')
     a('--temperature', default=None, type=float, help='kNN temperature (default: the run\'s, else 0.5)')
     a('--seed', default=0, type=int)
@@ -93,11 +102,13 @@ def get_args(argv=None):
 # ---------------------------------------------------------------------------- what is evaluated
 def read_run_args(folder):
     """The args.json of a main.py run folder (it records --lmbda, as dataset_of_checkpoint checks), else None."""
+    path = os.path.join(folder, 'args.json')
     try:
-        with open(os.path.join(folder, 'args.json')) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        return None
+        saved = read_json(path, 'settings record')
+    except MixBTError:  # not ours to delete: it holds the pretraining run's settings
+        raise MixBTError(f'{path} is not a readable settings record (truncated or not JSON), so its run\'s data set '
+                         f'and kNN settings are unknown. Restore it (main.py wrote it when the run started), or '
+                         f'copy the checkpoint to another folder and give --dataset, --k and --temperature') from None
     return saved if isinstance(saved, dict) and 'lmbda' in saved else None
 
 
@@ -124,7 +135,8 @@ def resolve_checkpoint(path):
 def resolve(args):
     """Fill in the checkpoint file, the data set, the kNN settings and the evaluation folder."""
     model_path, run_args = resolve_checkpoint(args.checkpoint)
-    args.model_path = os.path.realpath(model_path)  # the file's identity, as the probes record it
+    args.model_path = os.path.realpath(model_path)
+    args.model_sha256 = file_sha256(args.model_path)  # its content: what every part's identity names
     resolve_dataset_arg(args, datasets.SPECS)  # its file name, else its run folder's args.json
     run_args = run_args or {}
     # The run's own monitor settings reproduce its kNN number; main.py's defaults otherwise.
@@ -157,8 +169,9 @@ def run_knn(args, device):
     top1, top5 = knn.knn_monitor(backbone, memory, test, spec.mean, spec.std, spec.num_classes, device, k=args.k,
                                  temperature=args.temperature, autocast_dtype=autocast_dtype(args.precision, device),
                                  channels_last=args.channels_last)
-    return {'top1': top1, 'top5': top5, 'k': args.k, 'temperature': args.temperature,
-            'memory_images': len(memory[1]), 'test_images': len(test[1])}
+    # The k used: the bank may hold fewer images than --k asks (a --subset run).
+    return {'top1': top1, 'top5': top5, 'k': min(args.k, len(memory[1])), 'k_asked': args.k,
+            'temperature': args.temperature, 'memory_images': len(memory[1]), 'test_images': len(test[1])}
 
 
 def transfer_missing(args, name):
@@ -179,6 +192,7 @@ def probe_argv(args, part):
     argv = ['--dataset', args.dataset, '--arch', args.arch, '--model_path', args.model_path,
             '--data_root', args.data_root, '--results_dir', args.eval_dir, '--run_name', part,
             '--seed', str(args.seed), '--gpu', str(args.gpu), '--precision', args.precision]
+    argv += ['--probe_bn', args.probe_bn] if args.probe_bn else []
     if part == 'linear':
         given = {'--epochs': args.epochs, '--batch_size': args.batch_size}
         argv += ['--no_aug'] if args.no_aug else []
@@ -189,80 +203,8 @@ def probe_argv(args, part):
     return argv + [str(x) for flag, value in given.items() if value is not None for x in (flag, value)]
 
 
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def write_text(path, text):
-    """Write a file whole or not at all (a kill never leaves half a table)."""
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def part_results_path(args, part):
     return os.path.join(args.eval_dir, 'knn.json' if part == 'knn' else os.path.join(part, 'results.json'))
-
-
-# ---------------------------------------------------------------------------- the table
-METRICS = {'knn': (('top1', 'top1'), ('top5', 'top5')),
-           'linear': (('top1', 'final_acc@1'), ('top5', 'final_acc@5'), ('best_top1', 'best_acc@1'),
-                      ('best_top5', 'best_acc@5'))}
-METRICS['transfer'] = METRICS['linear']
-
-
-def csv_rows(parts, results):
-    """[task, dataset, metric, value] of every finished part; values exactly as the part wrote them."""
-    return [[task, name, metric, results[part][key]] for part, task, name in parts if part in results
-            for metric, key in METRICS[task]]
-
-
-def markdown(args, parts, results, skipped):
-    """The paper's layout: one row for the checkpoint; kNN, linear, then each transfer set, '-' where not run."""
-    imagenet = not datasets.SPECS[args.dataset].in_memory
-    fmt = lambda v: f'{v:.2f}'
-    transfers = [(part, name) for part, task, name in parts if task == 'transfer']
-    knn_cell = fmt(results['knn']['top1']) if 'knn' in results else '-'
-    lin = results.get('linear')
-    # The small-data linear probe: the original does not say which epoch it reported, so both
-    # (docs/reproduction.md); ImageNet and transfer: the best epoch, as the originals reported.
-    lin_cell = '-' if lin is None else (fmt(lin['best_acc@1']) if imagenet else
-                                        f'{fmt(lin["final_acc@1"])} ({fmt(lin["best_acc@1"])})')
-    cells = [knn_cell, lin_cell] + [fmt(results[p]['best_acc@1']) if p in results else '-' for p, _ in transfers]
-    header = ['checkpoint', 'kNN top-1', 'linear top-1'] + [name for _, name in transfers]
-    label = f'{os.path.basename(args.model_path)} ({args.arch}, {args.dataset})'
-    lines = [f'# Evaluation of {os.path.basename(args.model_path)}', '',
-             f'Checkpoint: `{args.model_path}`. Top-1 accuracy (%) on the test splits.', '',
-             '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header),
-             '| ' + ' | '.join([label] + cells) + ' |', '']
-    if imagenet:
-        lines.append('kNN and transfer: defined for the small data sets only. Linear: the best epoch (the official '
-                     'recipe reports it).')
-    else:
-        counts = results.get('knn', {})
-        knn_note = 'kNN: not run. ' if not counts else (
-            f'kNN: weighted kNN, k {args.k}, T {args.temperature}, on {args.dataset} ({counts["memory_images"]} '
-            f'memory / {counts["test_images"]} test images). ')
-        lines.append(knn_note + 'Linear: the last epoch (the best epoch in parentheses). Transfer: the best epoch, as '
-                     'the original evaluate_transfer.py reports it.')
-    if args.subset:
-        lines.append(f'Quick run: --subset {args.subset} (only the first {args.subset} images of each split).')
-    if skipped:
-        lines += ['', 'Skipped (data set not found under --data_root):', '']
-        lines += [f'- {name}: {reason}' for name, reason in skipped.items()]
-    lines += ['', 'Every number with its top-5 and best epoch: evaluation.csv; each probe\'s run: its folder here.', '']
-    return '\n'.join(lines)
-
-
-def write_tables(args, parts, results, skipped):
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator='\n')
-    writer.writerow(['task', 'dataset', 'metric', 'value'])
-    writer.writerows(csv_rows(parts, results))
-    write_text(os.path.join(args.eval_dir, 'evaluation.csv'), out.getvalue())
-    write_text(os.path.join(args.eval_dir, 'evaluation.md'), markdown(args, parts, results, skipped))
 
 
 # ---------------------------------------------------------------------------- the evaluation
@@ -272,37 +214,106 @@ def summary(task, values):
     return f'top-1 {values["final_acc@1"]:.2f} (best {values["best_acc@1"]:.2f}), top-5 {values["final_acc@5"]:.2f}'
 
 
+def on_main(fn, share=True):
+    """fn() on rank 0; its MixBTError on every rank (no rank waits for an answer that never comes),
+    and its value too with `share`."""
+    value, error = None, None
+    if D.is_main():
+        try:
+            value = fn()
+        except MixBTError as e:
+            error = e
+    shared, message = D.broadcast_object((value if share else None, str(error) if error else None))
+    if error:
+        raise error
+    if message:
+        raise MixBTError(message)
+    return value if D.is_main() else shared
+
+
 def open_folder(args):
     """Create the evaluation folder, lock it (one evaluation per folder) and check that it holds this
     evaluation; rank 0 does it, every rank gets the error. Returns the lock (rank 0) or None."""
-    lock, failure = None, None
-    if D.is_main():
+    def take():
+        os.makedirs(args.eval_dir, exist_ok=True)
+        lock = Lock(args.eval_dir)
         try:
-            os.makedirs(args.eval_dir, exist_ok=True)
-            lock = Lock(args.eval_dir)
-            settings = os.path.join(args.eval_dir, 'args.json')
-            if os.path.isfile(settings):
-                check_resume(read_json(settings), args, RESUME_FREE, (), args.eval_dir)
-            write_text(settings, json.dumps(vars(args), indent=2, default=str))
-        except MixBTError as e:
-            failure = e
-            if lock is not None:
-                lock.release()
-    error = D.broadcast_object(str(failure) if failure else None)
-    if failure:
-        raise failure
-    if error:
-        raise MixBTError(error)
-    return lock
+            path = os.path.join(args.eval_dir, 'args.json')
+            saved = read_json(path, 'evaluation settings record')
+            if saved is not None:
+                check_resume(saved, args, RESUME_FREE, (), args.eval_dir)
+            write_json(path, vars(args))
+        except BaseException:
+            lock.release()
+            raise
+        return lock
+    return on_main(take, share=False)
 
 
+# ---------------------------------------------------------------------------- what was computed before
+def part_identity(args, part, task):
+    """What a part's result is computed from (mixbt/identity.py): the checkpoint's content and the
+    settings that define the part; a probe's is the one its program records (probe.probe_identity)."""
+    if task == 'knn':
+        return {'model_sha256': args.model_sha256, **settings(args, KNN_KEYS)}
+    return probe_identity((linear if task == 'linear' else transfer).get_args(probe_argv(args, part)))
+
+
+NO_RECORD = ['it has no identity record']
+
+
+def saved_part(args, part, task):
+    """(differences, numbers) of what the folder holds for a part, against this command's inputs:
+    differences [] when it was computed from them (NO_RECORD when it does not say), None when the
+    folder holds nothing of the part; numbers: a finished result's, None for a killed probe (whose
+    checkpoint.pth records its identity)."""
+    numbers = read_json(part_results_path(args, part), 'result record')
+    saved = numbers
+    if numbers is None:
+        state_path = os.path.join(args.eval_dir, part, 'checkpoint.pth')
+        if part == 'knn' or not os.path.isfile(state_path):
+            return None, None
+        saved = read_checkpoint(state_path)
+    recorded = saved.get('identity') if isinstance(saved, dict) else None
+    return (differences(recorded, part_identity(args, part, task)) if recorded else NO_RECORD), numbers
+
+
+def take_stock(args, parts):
+    """{part: numbers} of the finished parts that this command may reuse, on rank 0. A part computed
+    from other inputs is computed afresh (a killed probe of other inputs is removed first, so that
+    it is not continued), with one line saying so; a finished transfer set that this command does
+    not name stays in the table while it still matches."""
+    results = {}
+    for part, task, name in parts:
+        diffs, numbers = saved_part(args, part, task)
+        if diffs == [] and numbers is not None:
+            results[part] = numbers
+        elif diffs:
+            print(stale_note(f'{task} {name}', [] if diffs is NO_RECORD else diffs), flush=True)
+            if part != 'knn':
+                shutil.rmtree(os.path.join(args.eval_dir, part))
+    named = {part for part, _, _ in parts}
+    for name in TRANSFER if datasets.SPECS[args.dataset].in_memory else ():
+        part = f'transfer_{name}'
+        if part in named or not os.path.isfile(part_results_path(args, part)):
+            continue
+        diffs, numbers = saved_part(args, part, 'transfer')
+        if diffs:
+            print(f'transfer {name}: left out of the table, computed from other inputs ({", ".join(diffs[:4])})')
+        else:
+            results[part] = numbers
+    return results
+
+
+# ---------------------------------------------------------------------------- the evaluation
 def run_part(args, part, task, name, device):
     """(numbers, None) of one part as its program wrote them (None on ranks other than 0), or
     (None, why) for a transfer set that is not under --data_root."""
     if task == 'knn':
         values = run_knn(args, device)
         if D.is_main():
-            write_text(part_results_path(args, part), json.dumps(values, indent=2))
+            values['identity'] = part_identity(args, part, task)
+            write_json(part_results_path(args, part), values)
         return values, None
     if task == 'transfer':
         missing = transfer_missing(args, name)
@@ -317,18 +328,25 @@ def run_part(args, part, task, name, device):
     return (read_json(os.path.join(result['run_dir'], 'results.json')) if D.is_main() else None), None
 
 
+def table_parts(parts, results):
+    """The parts of the table: this command's, and the finished transfer sets it kept; transfer sets
+    in the paper's order."""
+    order = {f'transfer_{name}': i for i, name in enumerate(TRANSFER)}
+    extra = [(part, 'transfer', part[len('transfer_'):]) for part in results if part not in {p for p, _, _ in parts}]
+    return sorted(parts + extra, key=lambda p: (p[1] == 'transfer', order.get(p[0], 0)))
+
+
 def evaluate(args, device):
-    """Run the parts not finished before; returns (parts, {part: numbers}, {transfer set: why skipped})."""
+    """Run the parts not finished before; returns (table parts, {part: numbers}, {transfer set: why skipped})."""
     parts = plan(args)
-    done = D.broadcast_object({part for part, _, _ in parts if os.path.isfile(part_results_path(args, part))})
-    results, skipped = {}, {}
+    results, skipped = on_main(lambda: take_stock(args, parts)), {}
+    done = set(results)
     started = time.time()
     for i, (part, task, name) in enumerate(parts, 1):
         step = f'[{i}/{len(parts)}] {task} {name}'
         t0 = time.time()
         if part in done:
             if D.is_main():
-                results[part] = read_json(part_results_path(args, part))
                 print(f'{step}: done before ({part_results_path(args, part)}): {summary(task, results[part])}',
                       flush=True)
             continue
@@ -343,7 +361,7 @@ def evaluate(args, device):
             results[part] = values
             print(f'{step}: {summary(task, values)} in {format_time(time.time() - t0)} '
                   f'(elapsed {format_time(time.time() - started)})', flush=True)
-    return parts, results, skipped
+    return table_parts(parts, results), results, skipped
 
 
 def main(argv=None):

@@ -2,8 +2,11 @@
 
 Small data sets (the reference linear.py):
     python linear.py --dataset cifar10 --arch resnet18 --model_path checkpoints/<file>.pth
-frozen backbone (BatchNorm in eval mode) + Linear; Adam 1e-2 decaying exponentially to 1e-6,
-weight decay 5e-6, 200 epochs, batch 512, training view = the data set's SSL view.
+frozen backbone + Linear; Adam 1e-2 decaying exponentially to 1e-6, weight decay 5e-6, 200
+epochs, batch 512, training view = the data set's SSL view. The backbone's BatchNorm as the
+original: train mode while the classifier trains (its running statistics follow the training
+batches), eval mode for the test pass; --probe_bn eval keeps it in eval mode throughout (and,
+with --no_aug, trains on cached features: much faster).
 
 ImageNet (the official Barlow Twins evaluate.py recipe), one process per GPU with torchrun:
     torchrun --nproc_per_node=8 linear.py --dataset imagenet --data_root /path/to/imagenet \
@@ -21,6 +24,7 @@ from mixbt import data as datasets
 from mixbt import distributed as D
 from mixbt.checkpoints import load_backbone, resolve_dataset_arg
 from mixbt.errors import MixBTError
+from mixbt.identity import file_sha256
 from mixbt.runs import check_writable
 from mixbt.probe import Probe, fit, folder_held, frozen_probe, image_batches, open_run, wrap_ddp
 from mixbt.runtime import autocast_dtype, grad_scaler, run_command, seed_everything
@@ -46,7 +50,11 @@ def get_args(argv=None):
     a('--workers', default=min(8, os.cpu_count() or 1), type=int)
     a('--gpu', default=0, type=int, help='CUDA device of a single-process run (-1: CPU)')
     a('--no_aug', action='store_true',
-      help='train on un-augmented images: features are extracted once and cached (much faster)')
+      help='train on un-augmented images (with --probe_bn eval the features are extracted once and cached)')
+    a('--probe_bn', default=None, choices=['train', 'eval'],
+      help="the frozen backbone's BatchNorm while the classifier trains: train (the original linear.py: batch "
+           "statistics, running statistics updated; eval mode at test) or eval (ours: never changed; cached "
+           "features with --no_aug). Default train; ImageNet: eval, as the official evaluate.py")
     a('--download', action='store_true')
     a('--skip_bad_images', action='store_true',
       help='replace unreadable training images (ImageNet) or leave them out (Tiny-ImageNet), with a count')
@@ -86,6 +94,11 @@ def get_args(argv=None):
         args.lr_backbone = 0.0 if args.lr_backbone is None else args.lr_backbone
     if args.weights == 'finetune' and not imagenet:
         raise MixBTError('--weights finetune is the ImageNet semi-supervised protocol (--dataset imagenet)')
+    if args.weights == 'finetune' and args.probe_bn is not None:
+        raise MixBTError('--probe_bn is the BatchNorm mode of a frozen backbone; with --weights finetune the backbone '
+                         'trains, BatchNorm included. Leave it out')
+    if args.weights == 'freeze' and args.probe_bn is None:
+        args.probe_bn = 'eval' if imagenet else 'train'
     if args.train_percent != 100 and not imagenet:
         raise MixBTError('--train-percent 1/10 selects the SimCLR ImageNet subsets (--dataset imagenet)')
     if args.train_files and args.train_percent == 100:
@@ -158,6 +171,7 @@ def imagenet_eval(args, device, amp):
         train_ds = torch.utils.data.Subset(train_ds, range(min(args.subset, len(train_ds))))
         val_ds = torch.utils.data.Subset(val_ds, range(min(args.subset, len(val_ds))))
     backbone, emb, arch = load_backbone(args.model_path, 'imagenet', args.arch)
+    images = {'train_images': len(train_ds), 'test_images': len(val_ds)}
 
     def fc_init(fc):  # official evaluate.py
         fc.weight.data.normal_(mean=0.0, std=0.01)
@@ -192,7 +206,7 @@ def imagenet_eval(args, device, amp):
         result = fit(args, probe=probe, ddp_train=ddp, train_batches=train_batches, test_forward=probe,
                      test_batches=lambda: val_batches(0), optimizer=optimizer, scheduler=scheduler, device=device,
                      log=log, run_dir=folder.path, run_id=folder.run_id, saved=saved, amp_dtype=amp,
-                     steps_per_epoch=steps, scaler=grad_scaler(amp, device))
+                     steps_per_epoch=steps, scaler=grad_scaler(amp, device), images=images)
     report_skipped(args, train_ds, device)
     return result
 
@@ -232,6 +246,9 @@ def report_skipped(args, dataset, device):
 def main(argv=None):
     args = get_args(argv)
     check_writable(args.results_dir)
+    # The backbone's identity, taken before it is read: a probe is continued (and its result reused)
+    # only on the same content (probe.probe_identity).
+    args.model_sha256 = file_sha256(args.model_path) if os.path.isfile(args.model_path) else None
     device = D.init_distributed(args.gpu)
     seed_everything(args.seed + D.rank())
     if device.type == 'cuda':

@@ -5,9 +5,11 @@
 
 Frozen backbone, images resized to the pretraining size (32 for CIFAR, 64 otherwise), the
 transfer set's normalisation, a linear classifier trained with SGD lr 0.01, momentum 0.9,
-x0.1 at epochs 60 and 80, 100 epochs, batch 128. The inputs are not augmented, so the
-features are extracted once and cached. Same probe loop as linear.py (torchrun-ready: each
-process takes its part of every global batch, and the result equals one process's).
+x0.1 at epochs 60 and 80, 100 epochs, batch 128. The backbone's BatchNorm as the original
+evaluate_transfer.py: train mode while the classifier trains, eval mode for the test pass.
+With --probe_bn eval it stays in eval mode, and as the inputs are not augmented the features
+are extracted once and cached (much faster; torchrun-ready: each process takes its part of
+every global batch, and the result equals one process's). Same probe loop as linear.py.
 """
 import argparse
 import os
@@ -19,6 +21,7 @@ from mixbt import data as datasets
 from mixbt import distributed as D
 from mixbt.checkpoints import load_backbone, resolve_dataset_arg
 from mixbt.errors import MixBTError
+from mixbt.identity import file_sha256
 from mixbt.runs import check_writable
 from mixbt.probe import frozen_probe
 from mixbt.transfer_data import TRANSFER, load_transfer
@@ -51,6 +54,9 @@ def get_args(argv=None):
     a('--subset', default=0, type=int, help='use only N images of each split')
     a('--resume', default=None, help='probe run folder (or its checkpoint.pth) to continue')
     a('--precision', default='auto', choices=['auto', 'fp32', 'bf16', 'fp16'])
+    a('--probe_bn', default='train', choices=['train', 'eval'],
+      help="the frozen backbone's BatchNorm while the classifier trains: train (the original: batch statistics, "
+           "running statistics updated; eval mode at test) or eval (ours: never changed; features cached once)")
     a('--flowers_split', default='reference', choices=['reference', 'official'],
       help="vgg_flower: the original's seeded 80/20 split of each class (reference) or setid.mat's train+val/test")
     args = resolve_dataset_arg(p.parse_args(argv), datasets.IN_MEMORY)
@@ -70,6 +76,7 @@ def main(argv=None):
     device = D.init_distributed(args.gpu)
     seed_everything(args.seed + D.rank())
     amp = autocast_dtype(args.precision, device)
+    args.model_sha256 = file_sha256(args.model_path) if os.path.isfile(args.model_path) else None  # linear.main
     backbone, emb, arch = load_backbone(args.model_path, args.dataset, args.arch)
     spec = TRANSFER[args.transfer_dataset]
     size = datasets.SPECS[args.dataset].size

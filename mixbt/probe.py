@@ -1,16 +1,20 @@
 """The probe shared by linear.py and transfer.py: a linear classifier on a frozen (or, for
 ImageNet semi-supervised evaluation, fine-tuned) backbone.
 
-A frozen backbone stays in eval mode, so its BatchNorm statistics never change (the reference
-left it in train mode: docs/protocol.md section 5). Inputs that are not augmented are embedded
-once and the classifier trains on the cached features. Under torchrun every rank takes part in
-every step and the gradients equal one process's on the global batch (run_epoch). Run folders
-follow runs.py.
+The frozen backbone's BatchNorm (--probe_bn): `train`, the original linear.py and
+evaluate_transfer.py, which call net.train() while the classifier trains (batch statistics, and
+the running statistics overwritten by the probe's training batches; the weights stay frozen) and
+net.eval() for the test pass; or `eval`, where the statistics never change and inputs that are not
+augmented are embedded once, the classifier training on the cached features. Under torchrun every
+rank takes part in every step and the gradients equal one process's on the global batch
+(run_epoch). Run folders follow runs.py; a saved probe is continued, and its result reused, only
+by a command with the same identity (probe_identity: the backbone file's content and every
+setting that is not free).
 """
 import contextlib
-import json
 import math
 import os
+import shutil
 import time
 
 import torch
@@ -19,27 +23,34 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mixbt import distributed as D
-from mixbt.checkpoints import CheckpointError, atomic_save
+from mixbt.checkpoints import atomic_save
 from mixbt.errors import MixBTError
 from mixbt.runlog import RunLog
-from mixbt.identity import check_resume
+from mixbt.identity import IdentityMismatch, check_resume, differences, file_sha256, settings, write_json
 from mixbt.runs import RunFolder
 from mixbt.runtime import backward_step, grad_scaler, install_requeue_handler, rng_state, set_rng_state
 
 
-class Probe(nn.Module):
-    """backbone -> flatten -> fc. With freeze=True the backbone has no gradients and stays in eval mode."""
+def format_time(seconds):
+    seconds = int(round(seconds))
+    return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
-    def __init__(self, backbone, embedding_size, num_classes, freeze=True):
+
+class Probe(nn.Module):
+    """backbone -> flatten -> fc. With freeze=True the backbone has no gradients; its BatchNorm
+    follows the probe's mode with bn='train' (the original), and stays in eval mode with bn='eval'."""
+
+    def __init__(self, backbone, embedding_size, num_classes, freeze=True, bn='eval'):
         super().__init__()
         self.backbone, self.freeze = backbone, freeze
+        self.bn_train = freeze and bn == 'train'
         self.fc = nn.Linear(embedding_size, num_classes)
         if freeze:
             self.backbone.requires_grad_(False)
 
     def train(self, mode=True):
         super().train(mode)
-        if self.freeze:
+        if self.freeze and not self.bn_train:
             self.backbone.eval()
         return self
 
@@ -155,28 +166,54 @@ def run_epoch(forward, batches, device, optimizer=None, amp_dtype=None, desc='',
 
 
 # Flags that may change when a run is continued: where things live and how fast it runs, not
-# what it computes. Any other difference means the folder holds another evaluation.
+# what it computes. Any other difference means the folder holds another evaluation. The backbone
+# file is named by its content (model_sha256), not by its path.
 RESUME_FREE_ARGS = ('resume', 'run_name', 'results_dir', 'data_root', 'model_path', 'workers', 'gpu', 'download',
-                    'print_freq', 'wandb_group', 'screen', 'precision', 'skip_bad_images')
+                    'print_freq', 'wandb_group', 'screen', 'precision', 'skip_bad_images', 'model_sha256')
+
+
+def probe_identity(args):
+    """What a probe's result is computed from: the content of the backbone file and every setting
+    that is not free (RESUME_FREE_ARGS)."""
+    ident = settings(args, [k for k in vars(args) if k not in RESUME_FREE_ARGS])
+    ident['model_sha256'] = getattr(args, 'model_sha256', None) or file_sha256(args.model_path)
+    return ident
 
 
 def is_probe_state(saved):
     return isinstance(saved, dict) and 'fc' in saved and 'epoch' in saved
 
 
+def check_saved_backbone(saved, args, where):
+    """A saved probe is continued only on the backbone it was trained on, byte for byte."""
+    if file_sha256(args.model_path) != args.model_sha256:
+        raise MixBTError(f'{args.model_path} was rewritten while this command read it (a pretraining run saving a '
+                         f'better model?): run the command again')
+    recorded = (saved.get('identity') or {}).get('model_sha256')
+    if recorded != args.model_sha256:
+        why = (f'{saved.get("model_file") or "its backbone"} had sha256 {recorded[:12]}..., {args.model_path} now has '
+               f'{args.model_sha256[:12]}... (rewritten since?)' if recorded else 'it records no sha256 of its backbone')
+        raise IdentityMismatch(f'{where} continues a probe of another backbone file: {why}. Give this probe its own '
+                               f'folder (a new --run_name, or --checkpoint-dir for evaluate_imagenet.py), or delete '
+                               f'{os.path.dirname(where)} to start it afresh')
+
+
 def open_run(args, prefix, project, wandb_group=None, wandb_name=None):
     """(run folder, saved state or None, RunLog) of a probe run, its folder locked (runs.RunFolder).
-    A run folder is continued only by the same evaluation (same checkpoint file too)."""
+    A run folder is continued only by the same evaluation (probe_identity)."""
+    if getattr(args, 'model_sha256', None) is None:
+        args.model_sha256 = file_sha256(args.model_path)
     folder = RunFolder(args, 'checkpoint.pth', suffix=prefix, is_state=is_probe_state,
                        what='a probe checkpoint written by linear.py/transfer.py').acquire()
     try:
         saved = folder.read_state()
         if saved is not None:
             check_resume(saved.get('args') or {}, args, RESUME_FREE_ARGS, (), folder.resume_path)
-            if saved.get('model_file') and saved['model_file'] != os.path.realpath(args.model_path):
-                raise CheckpointError(f'{folder.resume_path} holds another evaluation (of {saved["model_file"]}, not '
-                                      f'{os.path.realpath(args.model_path)}). Give this one its own run folder '
-                                      f'(--run_name, or --checkpoint-dir for evaluate_imagenet.py)')
+            check_saved_backbone(saved, args, folder.resume_path)
+            diffs = differences(saved.get('identity') or {}, probe_identity(args))
+            if diffs:  # a setting the saved args did not record (written by an older version)
+                raise IdentityMismatch(f'{folder.resume_path} holds another probe ({", ".join(diffs[:4])}): give '
+                                       f'this one its own folder (a new --run_name)')
         if 'SLURM_JOB_ID' in os.environ:
             install_requeue_handler(os.path.join(folder.path, 'checkpoint.pth'))
         log = RunLog(folder.path, prefix, args, project, folder.run_id, resume=saved is not None,
@@ -189,30 +226,53 @@ def open_run(args, prefix, project, wandb_group=None, wandb_name=None):
     return folder, saved, log
 
 
+def bn_buffers(probe):
+    """The running statistics of a frozen backbone whose BatchNorm trains (bn='train'): part of the
+    probe's state, since the test pass uses them."""
+    return {name: buf.detach().clone() for name, buf in probe.backbone.named_buffers()} if probe.bn_train else None
+
+
+def _restore(saved, probe, optimizer, scheduler, scaler):
+    probe.fc.load_state_dict(saved['fc'])
+    if saved.get('backbone') is not None:
+        probe.backbone.load_state_dict(saved['backbone'])
+    if probe.bn_train:  # the same --probe_bn (probe_identity), so the same buffers
+        with torch.no_grad():
+            for name, buf in probe.backbone.named_buffers():
+                buf.copy_(saved['bn_buffers'][name])
+    optimizer.load_state_dict(saved['optimizer'])
+    if scheduler is not None and saved.get('scheduler'):
+        scheduler.load_state_dict(saved['scheduler'])
+    if scaler is not None and saved.get('scaler'):
+        scaler.load_state_dict(saved['scaler'])
+    set_rng_state(saved['rng'])
+
+
+def _non_finite(epoch):
+    saved = (f'checkpoint.pth holds epoch {epoch}, the last finite state' if epoch else
+             'nothing was saved, as no epoch had finished')
+    return MixBTError(f'the probe loss became non-finite in epoch {epoch + 1}; stopped, nothing of epoch {epoch + 1} '
+                      f'was saved and {saved}. Check the backbone file (non-finite weights?) and the learning rate')
+
+
 def fit(args, *, probe, ddp_train, train_batches, test_forward, test_batches, optimizer, scheduler, device,
-        log, run_dir, run_id, saved=None, amp_dtype=None, steps_per_epoch=None, scaler=None):
+        log, run_dir, run_id, saved=None, amp_dtype=None, steps_per_epoch=None, scaler=None, images=None):
     """Train for args.epochs (continuing `saved`), evaluating each epoch; returns the result dict.
 
     `train_batches(epoch)` / `test_batches()` yield batches as run_epoch takes them: (input,
     label) or (input, label, global batch count); `ddp_train` maps a training
     input to logits (the probe, DDP-wrapped when distributed); `test_forward` maps a test input
-    to logits. `scaler`: a GradScaler (float16 autocast), saved and restored with the rest of the state."""
+    to logits. `scaler`: a GradScaler (float16 autocast), saved and restored with the rest of the state.
+    `images`: {'train_images', 'test_images'}, the counts used, recorded in results.json."""
     start, best = 0, {'test_acc@1': 0.0, 'test_acc@5': 0.0, 'epoch': 0}
     if saved is not None:
-        probe.fc.load_state_dict(saved['fc'])
-        if saved.get('backbone') is not None:
-            probe.backbone.load_state_dict(saved['backbone'])
-        optimizer.load_state_dict(saved['optimizer'])
-        if scheduler is not None and saved.get('scheduler'):
-            scheduler.load_state_dict(saved['scheduler'])
-        if scaler is not None and saved.get('scaler'):
-            scaler.load_state_dict(saved['scaler'])
+        _restore(saved, probe, optimizer, scheduler, scaler)
         start, best = saved['epoch'], saved['best']
-        set_rng_state(saved['rng'])
         if D.is_main():
             print(f'Resumed {run_dir} at epoch {start}')
+    identity = probe_identity(args)
     state_path = os.path.join(run_dir, 'checkpoint.pth')
-    row = None
+    started, elapsed_before = time.time(), (log.history[-1].get('elapsed_s') or 0.0) if log.history else 0.0
     for epoch in range(start, args.epochs):
         t0 = time.time()
         probe.train()
@@ -224,32 +284,39 @@ def fit(args, *, probe, ddp_train, train_batches, test_forward, test_batches, op
         probe.eval()
         test_loss, test1, test5 = run_epoch(test_forward, test_batches(), device, None, amp_dtype, desc='Test')
         if not all(math.isfinite(v) for v in (train_loss, test_loss)):
-            raise MixBTError(f'the probe loss became non-finite in epoch {epoch + 1}; stopped, and nothing of epoch '
-                             f'{epoch + 1} was saved (checkpoint.pth holds epoch {epoch})')
+            raise _non_finite(epoch)
         if test1 > best['test_acc@1'] or not best['epoch']:  # the first evaluation always counts
             best = {'test_acc@1': test1, 'test_acc@5': test5, 'epoch': epoch + 1}
+        now = time.time()
         row = {'epoch': epoch + 1, 'lr': optimizer.param_groups[0]['lr'], 'train_loss': train_loss,
                'train_acc@1': train1, 'train_acc@5': train5, 'test_loss': test_loss, 'test_acc@1': test1,
-               'test_acc@5': test5, 'best_acc@1': best['test_acc@1'], 'epoch_time': time.time() - t0}
+               'test_acc@5': test5, 'best_acc@1': best['test_acc@1'], 'epoch_time': now - t0,
+               'elapsed_s': elapsed_before + now - started,
+               'eta_s': (now - started) / (epoch + 1 - start) * (args.epochs - epoch - 1)}
         if D.is_main():
             log.log(row)
-            print(f'Epoch {epoch + 1}/{args.epochs} train loss {train_loss:.4f} acc@1 {train1:.2f} | '
-                  f'test loss {test_loss:.4f} acc@1 {test1:.2f} acc@5 {test5:.2f}', flush=True)
+            print(f'Epoch {epoch + 1}/{args.epochs} train loss {train_loss:.4f} acc@1 {train1:.2f} | test loss '
+                  f'{test_loss:.4f} acc@1 {test1:.2f} acc@5 {test5:.2f} | elapsed {format_time(row["elapsed_s"])}, '
+                  f'ETA {format_time(row["eta_s"])}', flush=True)
             state = {'epoch': epoch + 1, 'fc': probe.fc.state_dict(),
-                     'backbone': None if probe.freeze else probe.backbone.state_dict(),
+                     'backbone': None if probe.freeze else probe.backbone.state_dict(), 'bn_buffers': bn_buffers(probe),
                      'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict() if scheduler else None,
                      'scaler': scaler.state_dict() if scaler is not None else None,
                      'best': best, 'history': log.history, 'rng': rng_state(), 'args': vars(args), 'run_id': run_id,
-                     'model_file': os.path.realpath(args.model_path)}
+                     'model_file': os.path.realpath(args.model_path), 'identity': identity}
             atomic_save(state, state_path)
         D.barrier()
+    return _finish(log, best, run_dir, identity, images)
+
+
+def _finish(log, best, run_dir, identity, images):
+    """results.json (written whole or not at all, with the identity of what it was computed from)."""
     last = log.history[-1] if log.history else {}
     result = {'final_acc@1': last.get('test_acc@1'), 'final_acc@5': last.get('test_acc@5'),
               'best_acc@1': best['test_acc@1'], 'best_acc@5': best['test_acc@5'], 'best_epoch': best['epoch'],
               'run_dir': run_dir}
     if D.is_main():
-        with open(os.path.join(run_dir, 'results.json'), 'w') as f:
-            json.dump(result, f, indent=2)
+        write_json(os.path.join(run_dir, 'results.json'), {**result, **(images or {}), 'identity': identity})
         print(f'Final test acc@1 {result["final_acc@1"]:.2f} acc@5 {result["final_acc@5"]:.2f}; '
               f'best acc@1 {result["best_acc@1"]:.2f} (epoch {result["best_epoch"]})')
         log.summary(**{k: v for k, v in result.items() if k != 'run_dir'})
@@ -285,8 +352,9 @@ def image_batches(dataset, args, device, shuffle=True):
 
 def frozen_probe(args, *, backbone, emb, num_classes, train_ds, train_is_augmented, test_ds, device, amp,
                  optimizer_fn, scheduler_fn, prefix, project, wandb_group=None, wandb_name=None, fc_init=None):
-    """Run a frozen-backbone probe: cached features where the inputs are deterministic."""
-    probe = Probe(backbone, emb, num_classes, freeze=True)
+    """Run a frozen-backbone probe, its BatchNorm as args.probe_bn says: cached features where the
+    backbone is in eval mode and the inputs are deterministic."""
+    probe = Probe(backbone, emb, num_classes, freeze=True, bn=args.probe_bn)
     if fc_init is not None:
         fc_init(probe.fc)
     probe.to(device)
@@ -298,10 +366,16 @@ def frozen_probe(args, *, backbone, emb, num_classes, train_ds, train_is_augment
 
 @contextlib.contextmanager
 def folder_held(folder):
-    """The run folder's lock, released at the end (and the folder removed if a failed start left it empty)."""
+    """The run folder's lock, released at the end. A folder this run made and left without a
+    checkpoint.pth holds nothing of value (its args.json at most): a failed start, removed."""
     try:
         yield folder
     except BaseException:
+        if folder.created and not os.path.isfile(os.path.join(folder.path, 'checkpoint.pth')):
+            for name in os.listdir(folder.path):
+                if name != '.lock':
+                    path = os.path.join(folder.path, name)
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         folder.release(failed=True)
         raise
     folder.release()
@@ -310,15 +384,22 @@ def folder_held(folder):
 def _frozen_fit(args, probe, folder, saved, log, train_ds, train_is_augmented, test_ds, device, amp, optimizer_fn,
                 scheduler_fn):
     run_dir, run_id = folder.path, folder.run_id
+    images = {'train_images': len(train_ds), 'test_images': len(test_ds)}
     if D.is_main():
-        print(f'Run folder: {run_dir}')
+        print(f'Run folder: {run_dir} ({images["train_images"]} training / {images["test_images"]} test images, '
+              f'BatchNorm of the frozen backbone in {"train" if probe.bn_train else "eval"} mode)')
     optimizer = optimizer_fn(probe.fc.parameters())
     scheduler = scheduler_fn(optimizer)
+    run = lambda **kw: fit(args, probe=probe, optimizer=optimizer, scheduler=scheduler, device=device, log=log,
+                           run_dir=run_dir, run_id=run_id, saved=saved, amp_dtype=amp, images=images, **kw)
     if saved is not None and saved['epoch'] >= args.epochs:  # finished already (a requeued job): report only
         no_batches = lambda *_: iter(())
-        return fit(args, probe=probe, ddp_train=probe, train_batches=no_batches, test_forward=probe.fc,
-                   test_batches=no_batches, optimizer=optimizer, scheduler=scheduler, device=device, log=log,
-                   run_dir=run_dir, run_id=run_id, saved=saved, amp_dtype=amp)
+        return run(ddp_train=probe, train_batches=no_batches, test_forward=probe.fc, test_batches=no_batches)
+    if probe.bn_train:  # batch statistics while training, updated running ones at test: nothing can be cached
+        train_batches, steps = image_batches(train_ds, args, device)
+        test_loader, _ = image_batches(test_ds, args, device, shuffle=False)
+        return run(ddp_train=wrap_ddp(probe, device), train_batches=train_batches, test_forward=probe,
+                   test_batches=lambda: test_loader(0), steps_per_epoch=steps, scaler=grad_scaler(amp, device))
     test_f, test_y = extract_features(probe.backbone, test_ds, device, args.batch_size, args.workers, amp, 'test features')
     test_batches = lambda: feature_batches(test_f, test_y, args.batch_size)
     if train_is_augmented:
@@ -330,7 +411,5 @@ def _frozen_fit(args, probe, folder, saved, log, train_ds, train_is_augmented, t
         train_batches = lambda epoch: feature_batches(train_f, train_y, args.batch_size, True, args.seed + epoch)
         steps = -(-len(train_f) // args.batch_size)
         ddp_train = wrap_ddp(probe.fc, device)
-    return fit(args, probe=probe, ddp_train=ddp_train, train_batches=train_batches, test_forward=probe.fc,
-               test_batches=test_batches, optimizer=optimizer, scheduler=scheduler, device=device, log=log,
-               run_dir=run_dir, run_id=run_id, saved=saved, amp_dtype=amp, steps_per_epoch=steps,
-               scaler=grad_scaler(amp, device))
+    return run(ddp_train=ddp_train, train_batches=train_batches, test_forward=probe.fc, test_batches=test_batches,
+               steps_per_epoch=steps, scaler=grad_scaler(amp, device))

@@ -46,23 +46,35 @@ def capture_backbones(monkeypatch, module):
     return seen
 
 
+def assert_frozen(backbone, at_load, bn_trained):
+    """The backbone's weights are those of the file; its BatchNorm running statistics changed only
+    where the probe trained with the backbone's BatchNorm in train mode (the original's --probe_bn train)."""
+    for name, value in backbone.named_parameters():
+        assert torch.equal(value, at_load[name]), name
+    buffers = [n for n, b in backbone.named_buffers() if b.is_floating_point()]  # running mean and var
+    changed = [n for n in buffers if not torch.equal(backbone.state_dict()[n], at_load[n])]
+    assert (len(changed) == len(buffers)) if bn_trained else changed == [], changed
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('no_aug', [False, True])
-def test_linear_evaluates_released_checkpoint_with_every_weight_and_frozen_backbone(tmp_path, monkeypatch, no_aug):
+@pytest.mark.parametrize('no_aug,probe_bn', [(False, None), (True, 'eval')])
+def test_linear_evaluates_released_checkpoint_with_every_weight_and_frozen_backbone(tmp_path, monkeypatch, no_aug,
+                                                                                     probe_bn):
     fakedata.write_cifar(str(tmp_path / 'data'), 'cifar10', n_train=40, n_test=20)
     path, reference = released_checkpoint(tmp_path)
     seen = capture_backbones(monkeypatch, linear)
     args = ['--dataset', 'cifar10', '--model_path', path, '--data_root', str(tmp_path / 'data'), '--epochs', '2',
             '--batch_size', '16', '--workers', '0', '--results_dir', str(tmp_path / 'res')] + (['--no_aug'] if no_aug else [])
-    result = linear.main(args)
+    result = linear.main(args + (['--probe_bn', probe_bn] if probe_bn else []))
     (backbone, at_load), = seen
     for name, value in reference.f.state_dict().items():  # every backbone tensor came from the file
         assert torch.equal(at_load[name], value), name
-    for name, value in backbone.state_dict().items():  # and nothing changed while probing (BN stats included)
-        assert torch.equal(value, at_load[name]), name
+    assert_frozen(backbone, at_load, bn_trained=probe_bn is None)  # the default: the original's train mode
     assert 0 <= result['final_acc@1'] <= result['final_acc@5'] <= 100
     run = result['run_dir']
-    assert json.load(open(os.path.join(run, 'results.json')))['best_epoch'] in (1, 2)
+    saved = json.load(open(os.path.join(run, 'results.json')))
+    assert saved['best_epoch'] in (1, 2) and saved['identity']['probe_bn'] == (probe_bn or 'train')
+    assert (saved['train_images'], saved['test_images']) == (40, 20)
     stem = os.path.basename(path)[:-4]
     assert {f'{stem}_linear_statistics.csv', f'{stem}_linear_curves.png', 'checkpoint.pth'} <= set(os.listdir(run))
 
@@ -104,8 +116,13 @@ def test_linear_resume_after_kill_continues_identically(tmp_path, monkeypatch, h
     assert b['epoch'] == 3 and [r['epoch'] for r in b['history']] == [1, 2, 3]
     for k in a['fc']:
         assert torch.equal(a['fc'][k], b['fc'][k]), k
+    # the backbone's running statistics (BatchNorm in train mode, the default) continue too
+    assert a['bn_buffers'] and set(a['bn_buffers']) == set(b['bn_buffers'])
+    for k in a['bn_buffers']:
+        assert torch.equal(a['bn_buffers'][k], b['bn_buffers'][k]), k
+    assert [r['test_acc@1'] for r in a['history']] == [r['test_acc@1'] for r in b['history']]
     if how == '--run_name':  # the folder now holds a finished cifar10 probe: another evaluation is refused
-        with pytest.raises(C.CheckpointError, match='holds another run.*--seed'):
+        with pytest.raises(MixBTError, match='holds another run.*--seed'):
             linear.main(common + named + ['--results_dir', str(tmp_path / 'b'), '--seed', '1'])
 
 
@@ -267,8 +284,7 @@ def test_transfer_evaluates_released_checkpoint_with_every_weight(tmp_path, monk
     (backbone, at_load), = seen
     for name, value in reference.f.state_dict().items():
         assert torch.equal(at_load[name], value), name
-    for name, value in backbone.state_dict().items():
-        assert torch.equal(value, at_load[name]), name
+    assert_frozen(backbone, at_load, bn_trained=True)  # the original evaluate_transfer.py's train mode
     assert 0 <= result['final_acc@1'] <= 100
     stem = os.path.basename(path)[:-4]
     assert f'{stem}_transfer_{transfer_dataset}_statistics.csv' in os.listdir(result['run_dir'])
@@ -291,8 +307,10 @@ def test_dataset_left_out_is_the_one_the_checkpoint_names(tmp_path, capsys):
     assert linear.get_args(['--model_path', 'x/02azq6fs_0.0009765_1024_256_tiny_imagenet_model_50.pth']).dataset \
         == 'tiny_imagenet'
     assert linear.get_args(['--model_path', 'x/3fb1op86_1.0000_8192_1024_imagenet_resnet50.pth']).dataset == 'imagenet'
-    # given explicitly: honoured as the original scripts pass it
-    assert linear.get_args(['--model_path', released, '--dataset', 'cifar10']).dataset == 'cifar10'
+    # given explicitly: honoured where it agrees, refused where the checkpoint names another data set
+    assert linear.get_args(['--model_path', released, '--dataset', 'cifar100']).dataset == 'cifar100'
+    with pytest.raises(C.CheckpointError, match='pretrained on cifar100.*not for --dataset cifar10'):
+        linear.get_args(['--model_path', released, '--dataset', 'cifar10'])
     # a main.py run folder: its args.json
     run = tmp_path / 'abc123'
     run.mkdir()

@@ -1,7 +1,8 @@
-"""The cached-feature probe (linear.py --no_aug, transfer.py) under torchrun, 2 gloo processes on
-the CPU, against one process on the same data: it must finish (every rank takes part in every
-step, even where its part of the last batch is empty) and train the same classifier on every
-sample (a global batch that the world size does not divide loses nothing)."""
+"""The cached-feature probe (linear.py --no_aug, transfer.py, both with --probe_bn eval) under
+torchrun, 2 gloo processes on the CPU, against one process on the same data: it must finish
+(every rank takes part in every step, even where its part of the last batch is empty) and train
+the same classifier on every sample (a global batch that the world size does not divide loses
+nothing)."""
 import os
 import signal
 import socket
@@ -66,6 +67,7 @@ def test_linear_no_aug_two_processes_equal_one_process(tmp_path, repo_root):
     fakedata.write_cifar(str(tmp_path / 'data'), 'cifar10', n_train=N_TRAIN, n_test=N_TEST)
     path, _ = released_checkpoint(tmp_path)
     args = ['--dataset', 'cifar10', '--model_path', path, '--data_root', str(tmp_path / 'data'), '--no_aug',
+            '--probe_bn', 'eval',
             '--epochs', '3', '--batch_size', str(BATCH), '--workers', '0', '--gpu', '-1']
     single = linear.main(args + ['--results_dir', str(tmp_path / 'one'), '--run_name', 'run'])
     proc = torchrun('linear.py', args + ['--results_dir', str(tmp_path / 'two'), '--run_name', 'run'], repo_root)
@@ -79,7 +81,7 @@ def test_transfer_two_processes_equal_one_process(tmp_path, repo_root):
     path, _ = released_checkpoint(tmp_path, dataset='stl10')
     args = ['--dataset', 'stl10', '--transfer_dataset', 'dtd', '--model_path', path, '--data_root',
             str(tmp_path / 'data'), '--subset', str(N_TRAIN), '--epochs', '3', '--batch_size', str(BATCH),
-            '--workers', '0', '--gpu', '-1']
+            '--workers', '0', '--gpu', '-1', '--probe_bn', 'eval']
     single = transfer.main(args + ['--results_dir', str(tmp_path / 'one'), '--run_name', 'run'])
     proc = torchrun('transfer.py', args + ['--results_dir', str(tmp_path / 'two'), '--run_name', 'run'], repo_root)
     assert proc.returncode == 0, proc.stderr[-4000:]
