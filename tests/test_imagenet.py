@@ -121,7 +121,8 @@ def test_slurm_variables_map_onto_torchrun_ones(monkeypatch):
 def test_imagenet_pretraining_two_processes_exports_resnet50_and_auto_resumes(tmp_path, imagenet, repo_root):
     results = tmp_path / 'ckpt'
     args = [str(imagenet), '--batch-size', '4', '--projector', '32-32-32', '--image_size', '32', '--workers', '0',
-            '--checkpoint-dir', str(results), '--run_name', 'in1k', '--lambda_mixup', '1.0', '--save_every', '0']
+            '--checkpoint-dir', str(results), '--run_name', 'in1k', '--lambda_mixup', '1.0', '--save_every', '0',
+            '--ref_world_size', '2']  # the reference loss's groups: batch 4 forms 2, not the default 8
     proc = torchrun('main_imagenet.py', args + ['--epochs', '2'], repo_root)
     assert proc.returncode == 0, proc.stderr[-4000:]
     run = results / 'in1k'
