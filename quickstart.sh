@@ -122,5 +122,12 @@ bash scripts-pretrain-resnet18/fashionmnist.sh --subset "$subset" --knn_every 1 
 if [ -n "$venv_used" ]; then
   echo "The packages are in $venv: in each new shell, first: source $venv/bin/activate"
 fi
-echo "Next: ${RESULTS_DIR:+PRETRAIN_DIR=$RESULTS_DIR }bash scripts-linear-resnet18/fashionmnist.sh" \
-  "  (linear probe of this run's best checkpoint)"
+# The next step, sized for this machine: the paper's 200-epoch probe on a GPU, a few minutes' worth on a CPU.
+if "$python" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  echo "Next: ${RESULTS_DIR:+PRETRAIN_DIR=$RESULTS_DIR }bash scripts-linear-resnet18/fashionmnist.sh" \
+    "  (linear probe of this run's best checkpoint; it prints an ETA every epoch)"
+else
+  echo "Next: ${RESULTS_DIR:+PRETRAIN_DIR=$RESULTS_DIR }EPOCHS=10 bash scripts-linear-resnet18/fashionmnist.sh" \
+    "--subset $subset --no_aug --probe_bn eval  (a short linear probe on this CPU, a few minutes; it prints an ETA" \
+    "every epoch. The paper's: 200 epochs on the whole set, hours on a CPU)"
+fi
