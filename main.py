@@ -24,10 +24,11 @@ import visualize
 from mixbt import data as datasets
 from mixbt import distributed as D
 from mixbt import knn
+from mixbt import monitors
 from mixbt import probe
 from mixbt.accumulate import accumulated_step, check_accumulate
 from mixbt.checkpoints import atomic_save, load_strict, non_finite_entries
-from mixbt.config import get_args, print_config
+from mixbt.config import get_args, print_config, resolve_aug
 from mixbt.errors import MixBTError
 from mixbt.identity import IdentityMismatch, check_resume
 from mixbt.methods import METHODS, Progress, method_schedule_keys
@@ -52,7 +53,8 @@ class NonFiniteLoss(MixBTError):
 # and applied. Every other setting, the seed included, is what the run is (identity.check_resume).
 RESUME_FREE = ('resume', 'run_name', 'results_dir', 'data_root', 'workers', 'gpu', 'download', 'log_every',
                'knn_every', 'knn_init', 'save_every', 'precision', 'channels_last', 'compile', 'aug', 'fuse_views',
-               'sync_bn', 'temperature', 'k', 'skip_bad_images', 'visuals') + \
+               'sync_bn', 'temperature', 'k', 'skip_bad_images', 'visuals', 'max_memory_gb',
+               'overfitting_monitors') + \
     tuple(k for cls in METHODS.values() for k in cls.resume_free)
 RESUME_SCHEDULE = ('epochs', 'lr', 'lr_shed', 'lr_weights', 'lr_biases', 'weight_decay', 'warmup_epochs',
                    'warmup_steps', 'ref_world_size') + method_schedule_keys()
@@ -159,7 +161,7 @@ class Trainer:
     def __init__(self, args, device, folder, data):
         self.args, self.device, self.folder = args, device, folder
         self.train, self.memory, self.test = data
-        self.spec = datasets.SPECS[args.dataset]
+        self.spec = datasets.spec_of(args)
         self.run_id, self.run_dir = folder.run_id, folder.path
         self.prefix = run_prefix(args, self.run_id)
         self.state_path = os.path.join(self.run_dir, 'last.pth')
@@ -215,7 +217,8 @@ class Trainer:
         args, method = self.args, self.method
         self.log = RunLog(self.run_dir, self.prefix, args, f'Barlow-Twins-MixUp-{args.dataset}-{args.arch}',
                           self.run_id, resume=self.start_epoch > 0 or bool(self.history), history=self.history,
-                          plot_keys=method.plot_keys + (('knn_top1', 'knn_top5', knn.EUCLID_KEY),))
+                          plot_keys=method.plot_keys + (('knn_top1', 'knn_top5', knn.EUCLID_KEY),)
+                          + (monitors.PLOT_KEYS if args.overfitting_monitors else ()))
         if D.is_main():
             print(f'Run folder: {self.run_dir}  (method {args.method}, {D.world_size()} process(es) on '
                   f'{self.device})')
@@ -230,13 +233,17 @@ class Trainer:
 
     # ------------------------------------------------------------------------ evaluate
     def monitor(self, features=False):
-        """The kNN monitor of the backbone (W-MSE pipeline: also its Euclidean 5-NN)."""
+        """The kNN monitor of the backbone (W-MSE pipeline: also its Euclidean 5-NN), and with
+        --overfitting_monitors the monitors of mixbt/monitors.py from the same features."""
         args = self.args
         norm = datasets.select_pipeline(args.dataset, args.pipeline)  # evaluation normalises as training does
+        common = dict(k=self.k, temperature=args.temperature, euclid=args.pipeline == 'wmse',
+                      autocast_dtype=self.amp_dtype, channels_last=args.channels_last, features=features)
+        if args.overfitting_monitors:
+            return monitors.overfitting_metrics(self.model.backbone, self.model, self.memory, self.test, norm.mean,
+                                                norm.std, self.spec.num_classes, self.device, norm.recipe, **common)
         return knn.knn_metrics(self.model.backbone, self.memory, self.test, norm.mean, norm.std,
-                               self.spec.num_classes, self.device, k=self.k, temperature=args.temperature,
-                               euclid=args.pipeline == 'wmse', autocast_dtype=self.amp_dtype,
-                               channels_last=args.channels_last, features=features)
+                               self.spec.num_classes, self.device, **common)
 
     def evaluate_init(self):
         """The random-init baseline (--knn_init): logged as epoch 0, never saved as the best model."""
@@ -301,14 +308,15 @@ class Trainer:
     def report_epoch(self, epoch, row, elapsed):
         knn_msg = '' if row.get('knn_top1') is None else \
             f' kNN top1 {row["knn_top1"]:.2f} top5 {row["knn_top5"]:.2f}' + ''.join(
-                f' {k} {row[k]:.2f}' for k in (knn.EUCLID_KEY, 'linear_top1') if row.get(k) is not None)
+                f' {k} {row[k]:.2f}' for k in (knn.EUCLID_KEY, 'linear_top1', 'gen_gap') if row.get(k) is not None)
         print(f'Epoch {epoch}/{self.args.epochs} loss {row["loss"]:.4f} lr {row["lr"]:.2e} '
               f'{row["images_per_s"]:.0f} img/s{knn_msg} | elapsed {format_time(elapsed)}, '
               f'ETA {format_time(row["eta_s"])}', flush=True)
 
     def run(self):
         args = self.args
-        knn_keys = ('knn_top1', 'knn_top5') + ((knn.EUCLID_KEY,) if args.pipeline == 'wmse' else ())
+        knn_keys = ('knn_top1', 'knn_top5') + ((knn.EUCLID_KEY,) if args.pipeline == 'wmse' else ()) + \
+            (monitors.KEYS if args.overfitting_monitors else ())
         elapsed_before = next((r['elapsed_s'] for r in reversed(self.log.history) if r.get('elapsed_s') is not None),
                               0.0)
         started = time.time()
@@ -368,6 +376,8 @@ def main(argv=None):
     args = get_args(argv)
     check_writable(args.results_dir)
     device = D.init_distributed(args.gpu)
+    spec = datasets.spec_of(args)  # a folder is read here: its faults stop the run before its folder is made
+    resolve_aug(args, spec)  # a folder's default waits for its row (streamed or in memory)
     if args.batch_size % D.world_size() or args.batch_size // D.world_size() < 2:
         raise MixBTError(f'--batch_size {args.batch_size} must be a multiple of the {D.world_size()} processes, with '
                          'at least 2 images per process')
@@ -384,7 +394,7 @@ def main(argv=None):
     try:
         saved, changes = restore_point(folder, args)
         train, memory, test = load_data(args)
-        if datasets.SPECS[args.dataset].in_memory and len(train.images) < args.batch_size:
+        if spec.in_memory and len(train.images) < args.batch_size:
             raise MixBTError(f'--batch_size {args.batch_size} is larger than the training set ({len(train.images)} '
                              'images): nothing to train on')
         trainer = Trainer(args, device, folder, (train, memory, test))

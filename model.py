@@ -3,7 +3,8 @@
 Each keeps the key layout of the original code, so that checkpoints move freely between this
 repository and the released files (docs/protocol.md section 2):
 
-* `Model` (small data sets): keys `f.*` (ResNet with a 3x3 stem) and `g.*` (projector).
+* `Model` (small data sets): keys `f.*` (ResNet with a 3x3 stem; a folder of images at 96 px
+  and up: the 7x7 ImageNet stem) and `g.*` (projector).
 * `ImageNetModel`: keys `backbone.*` (torchvision ResNet-50, `fc` = Identity) and `projector.*`.
 
 Their building blocks (backbones, projectors, per-view BatchNorm) are mixbt/nets.py's; reading
@@ -25,9 +26,10 @@ class Model(nn.Module):
     `hidden_bias`: its other Linear layers have biases too (W-MSE's get_head; INTL's have none).
     """
 
-    def __init__(self, feature_dim=128, arch='resnet50', maxpool=False, projector=None, hidden_bias=False):
+    def __init__(self, feature_dim=128, arch='resnet50', maxpool=False, projector=None, hidden_bias=False,
+                 imagenet_stem=False):
         super().__init__()
-        self.f = small_backbone(arch, maxpool)
+        self.f = small_backbone(arch, maxpool, imagenet_stem)
         sizes = [int(s) for s in projector.split('-')] if projector else [512, feature_dim]
         self.g = mlp([EMBEDDING_SIZE[arch]] + sizes, last_bias=True, hidden_bias=hidden_bias)
 
@@ -63,12 +65,12 @@ class ImageNetModel(nn.Module):
 
 def build_model(args):
     """The model of a pretraining run, from the data set's registry row."""
-    from mixbt.data import SPECS
-    spec = SPECS[args.dataset]
+    from mixbt.data import spec_of
+    spec = spec_of(args.dataset)  # a folder: the row this command resolved (data.spec_of(args))
     if not spec.in_memory:
         return ImageNetModel(args.projector or '8192-8192-8192', args.arch)
     return Model(args.feature_dim, args.arch, spec.maxpool, projector=getattr(args, 'projector', None),
-                 hidden_bias=head_hidden_bias(getattr(args, 'method', None)))
+                 hidden_bias=head_hidden_bias(getattr(args, 'method', None)), imagenet_stem=spec.imagenet_stem)
 
 
 def head_hidden_bias(method):

@@ -22,6 +22,7 @@ import torch
 from mixbt import augment
 from mixbt import data as datasets
 from mixbt import distributed as D
+from mixbt import folder_data
 from mixbt.errors import MixBTError
 from mixbt.knn import embed_images
 
@@ -302,7 +303,7 @@ def write_visuals(backbone, memory, test, spec, device, out_dir, prefix, classes
 def load_eval_data(dataset, root, subset=0, download=False, workers=0):
     """(memory (images, labels), test (images, labels), class names): the kNN memory and test
     splits at the evaluation size, as main.load_data gives them; `subset`: the first N of each."""
-    spec = datasets.SPECS[dataset]
+    spec = datasets.spec_of(dataset)  # a folder: the row get_args resolved
     if not spec.in_memory:
         raise MixBTError(f'visualize.py shows the in-memory data sets ({", ".join(datasets.IN_MEMORY)}); '
                          f'pass --dataset with one of them')
@@ -319,7 +320,7 @@ def get_args(argv=None):
                                 allow_abbrev=False)
     a = p.add_argument
     a('model_path', metavar='CHECKPOINT', help='pretrained checkpoint (*_model.pth, last.pth, ...)')
-    a('--dataset', default=None, choices=sorted(datasets.IN_MEMORY),
+    a('--dataset', default=None, choices=[*datasets.IN_MEMORY, datasets.FOLDER],
       help="default: the one the checkpoint's file name or run folder names, else cifar10")
     a('--data_root', default=None, help="default: the run's own (args.json beside the checkpoint), else data")
     a('--out_dir', default=None, help="default: the checkpoint's folder")
@@ -333,7 +334,8 @@ def get_args(argv=None):
     a('--batch_size', default=512, type=int)
     a('--workers', default=min(8, os.cpu_count() or 1), type=int)
     a('--download', action='store_true')
-    args = resolve_dataset_arg(p.parse_args(argv), datasets.IN_MEMORY)
+    folder_data.add_folder_args(p, evaluation=True)
+    args = resolve_dataset_arg(p.parse_args(argv), [*datasets.IN_MEMORY, datasets.FOLDER])
     run = run_args_of_checkpoint(args.model_path)
     run = run if run is not None and run.get('dataset') == args.dataset else {}
     taken = []
@@ -345,6 +347,8 @@ def get_args(argv=None):
         print(f'visualize: {" ".join(taken)}: the run\'s own settings (its args.json)', flush=True)
     if args.subset < 0 or args.batch_size < 1:
         raise MixBTError('--subset must be >= 0 and --batch_size >= 1')
+    folder_data.run_settings(args, args.model_path)  # a folder: the run's image size, labels and memory settings
+    folder_data.require(datasets.spec_of(args), 'visualize.py', in_memory=True)  # a folder is read here
     args.out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.model_path))
     check_out_dir(args.out_dir)
     return args
@@ -377,7 +381,7 @@ def main(argv=None):
         print(f'visualize: embedding {len(memory[1])} memory and {len(test[1])} test images on {device}'
               + ('' if args.subset else ' (--subset N embeds only the first N of each)'), flush=True)
     prefix = os.path.splitext(os.path.basename(args.model_path))[0]
-    paths = write_visuals(backbone, memory, test, datasets.SPECS[args.dataset], device, args.out_dir, prefix,
+    paths = write_visuals(backbone, memory, test, datasets.spec_of(args), device, args.out_dir, prefix,
                           classes=classes, seed=args.seed, projection=args.projection, batch_size=args.batch_size)
     if paths:
         print('\n'.join(paths))

@@ -10,7 +10,7 @@ import tempfile
 import torch
 import torch.nn as nn
 
-from mixbt.data import IN_MEMORY, SPECS
+from mixbt.data import FOLDER, IN_MEMORY, SPECS, spec_of
 from mixbt.errors import MixBTError
 from mixbt.nets import EMBEDDING_SIZE, mlp, resnet, small_backbone
 
@@ -250,12 +250,14 @@ def load_strict(module, state, what='checkpoint'):
 def infer_small_variant(state):
     """(arch, dataset-family) of a small-data `f.*` state dict from its keys and shapes.
 
-    Returns arch in {'resnet18', 'resnet50'} and stem in {'no_maxpool', 'maxpool'}."""
+    Returns arch in {'resnet18', 'resnet50'} and stem in {'no_maxpool', 'maxpool', 'imagenet'}
+    (the 7x7 stem of a folder of images at 96 px and up)."""
     conv1 = state.get('f.0.weight')
-    if conv1 is None or conv1.shape != (64, 3, 3, 3):
-        raise CheckpointError('no 3x3 small-data stem at f.0.weight: not a small-data `Model` checkpoint')
+    if conv1 is None or conv1.shape not in ((64, 3, 3, 3), (64, 3, 7, 7)):
+        raise CheckpointError('no 3x3 (or 7x7) small-data stem at f.0.weight: not a small-data `Model` checkpoint')
     # layer1 is f.3 without max-pool, f.4 with it (f.3 is then the parameter-less max-pool).
     stem = 'no_maxpool' if any(k.startswith('f.3.0.') for k in state) else 'maxpool'
+    stem = 'imagenet' if conv1.shape[-1] == 7 else stem
     layer1 = 'f.3' if stem == 'no_maxpool' else 'f.4'
     arch = 'resnet50' if f'{layer1}.0.conv3.weight' in state else 'resnet18'
     return arch, stem
@@ -272,7 +274,8 @@ def _expected_small(state, arch, dataset):
     """The state dict a small-data checkpoint should have: f.* of the backbone, and g.* of the
     MLP its Linear weights describe (the reference head E-512-d, or a baseline's projector;
     its final bias optional: baseline runs before 2026-11-25 had none)."""
-    expected = {f'f.{k}': v for k, v in small_backbone(arch, SPECS[dataset].maxpool).state_dict().items()}
+    spec = spec_of(dataset)
+    expected = {f'f.{k}': v for k, v in small_backbone(arch, spec.maxpool, spec.imagenet_stem).state_dict().items()}
     sizes = _linear_sizes(state, 'g')
     if sizes:
         head = mlp([EMBEDDING_SIZE[arch]] + sizes, last_bias=f'g.{3 * (len(sizes) - 1)}.bias' in state,
@@ -348,6 +351,18 @@ def resolve_dataset_arg(args, choices, default='cifar10'):
     return args
 
 
+def _stem_of(spec):
+    return 'imagenet' if spec.imagenet_stem else 'maxpool' if spec.maxpool else 'no_maxpool'
+
+
+def _stem_mismatch(path, stem, dataset, spec):
+    """The data sets a small-data backbone with `stem` fits (a folder at the sizes of that stem)."""
+    sizes = {'no_maxpool': 'below 48', 'maxpool': '48 to 95', 'imagenet': '96 and up'}[stem]
+    fits = [n for n in IN_MEMORY if _stem_of(SPECS[n]) == stem] + [f'{FOLDER} at --image_size {sizes}']
+    return (f'{path} holds a backbone for {" / ".join(fits)} ({stem.replace("_", " ")} stem), not for --dataset '
+            f'{dataset}' + (f' at --image_size {spec.size}' if dataset == FOLDER else ''))
+
+
 def load_backbone(path, dataset, arch=None, state=None):
     """The frozen-evaluation backbone of a checkpoint, loaded strictly, whatever its format.
 
@@ -360,19 +375,17 @@ def load_backbone(path, dataset, arch=None, state=None):
     `path`, which then only names the source in messages. Returns (backbone, embedding size, arch).
     """
     state = state_dict_of(read_checkpoint(path) if state is None else state, path)
+    spec = spec_of(dataset)  # a folder: the row this command resolved (its --image_size picks the stem)
     if any(k.startswith('f.') for k in state):
-        if dataset not in IN_MEMORY:
+        if not spec.in_memory:
             raise CheckpointError(f'{path} holds a small-data backbone (keys f.*); it cannot be used for {dataset!r}')
         found_arch, stem = infer_small_variant(state)
-        want_stem = 'maxpool' if SPECS[dataset].maxpool else 'no_maxpool'
         if arch is not None and arch != found_arch:
             raise CheckpointError(f'{path} holds a {found_arch} backbone but --arch {arch} was given')
-        if stem != want_stem:
-            fits = [n for n in IN_MEMORY if SPECS[n].maxpool == (stem == 'maxpool')]
-            raise CheckpointError(f'{path} holds a backbone for {"/".join(fits)} ({stem.replace("_", " ")}), '
-                                  f'not for --dataset {dataset}')
+        if stem != _stem_of(spec):
+            raise CheckpointError(_stem_mismatch(path, stem, dataset, spec))
         _check_all_keys(_expected_small(state, found_arch, dataset), state, path)
-        backbone = small_backbone(found_arch, SPECS[dataset].maxpool)
+        backbone = small_backbone(found_arch, spec.maxpool, spec.imagenet_stem)
         backbone.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith('f.')}, strict=True)
         return backbone, EMBEDDING_SIZE[found_arch], found_arch
     heads = {}
@@ -380,7 +393,7 @@ def load_backbone(path, dataset, arch=None, state=None):
         heads = {k: v for k, v in state.items() if not k.startswith('backbone.')}
         state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
     if 'conv1.weight' in state and state['conv1.weight'].shape[-1] == 7:
-        if dataset in IN_MEMORY:
+        if spec.in_memory:
             raise CheckpointError(f'{path} holds an ImageNet ResNet (7x7 stem); evaluate it with --dataset imagenet, '
                                   f'not {dataset!r}')
         found_arch = 'resnet50' if 'layer1.0.conv3.weight' in state else 'resnet18'
@@ -392,7 +405,7 @@ def load_backbone(path, dataset, arch=None, state=None):
         state = {k: v for k, v in state.items() if not k.startswith('fc.')}
         load_strict(backbone, state, f'{path} (torchvision ResNet)')
         return backbone, EMBEDDING_SIZE[found_arch], found_arch
-    expected = small_backbone(arch or 'resnet18', SPECS[dataset].maxpool if dataset in IN_MEMORY else False).state_dict()
+    expected = small_backbone(arch or 'resnet18', spec.maxpool if spec.in_memory else False).state_dict()
     missing, unexpected, shapes = compare_state({f'f.{k}': v for k, v in expected.items()}, state)
     raise CheckpointError(f'{path} is neither a small-data Model (f.*/g.*) nor a torchvision ResNet state dict: '
                           + _format_problems(missing, unexpected, shapes))

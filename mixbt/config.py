@@ -2,8 +2,9 @@
 
 get_args parses main.py's flags (the original's names and meaning, plus each registered method's
 own) and resolve_args builds the run's configuration from them, the method's declared defaults and
-the data set's row. Nothing after it writes to the configuration. A flag that contradicts --method
-is refused, not overwritten. Everything is decided before any data is loaded or any folder is made;
+the data set's row. Nothing after it writes to the configuration, but for one setting of
+--dataset folder: the --aug default waits for main() to read the folder (resolve_aug). A flag
+that contradicts --method is refused, not overwritten. Everything is decided before any data is loaded or any folder is made;
 print_config shows the settings that apply to this run at its start.
 """
 import argparse
@@ -14,6 +15,7 @@ import torch
 
 from mixbt import data as datasets
 from mixbt import distributed as D
+from mixbt import folder_data
 from mixbt.errors import MixBTError
 from mixbt.methods import METHODS, add_method_args, method_flag_names, original_method_name
 from mixbt.runtime import str2bool
@@ -25,7 +27,8 @@ def get_args(argv=None):
     a = p.add_argument
     # ---- the original flags (names, meaning and defaults of the mix-bt main.py; the Barlow Twins
     # family's own, --lmbda, --corr_neg_one/--corr_zero, --is_mixup, --mixup_loss_scale, below)
-    a('--dataset', default='cifar10', choices=sorted(datasets.SPECS), help='data set to pretrain on')
+    a('--dataset', default='cifar10', choices=datasets.DATASETS,
+      help='data set to pretrain on (folder: your own images under --data_root, docs/own-images.md)')
     a('--arch', default='resnet50', choices=['resnet18', 'resnet50'], help='backbone')
     a('--feature_dim', default=128, type=int, help='projector output dimension (small data sets)')
     a('--temperature', default=0.5, type=float, help='temperature of the weighted kNN monitor')
@@ -41,6 +44,10 @@ def get_args(argv=None):
            "(the official Barlow Twins and the ImageNet scripts)")
     a('--gpu', default=0, type=int, help='CUDA device of a single-process run (-1: CPU)')
     # ---- added for researchers
+    a('--overfitting_monitors', default=True, type=str2bool,
+      help='with the kNN monitor, also log gen_gap (leave-one-out kNN top-1 on the memory bank minus test top-1), '
+           'the effective ranks of features and embeddings and the Barlow Twins off-diagonal mass of held-out '
+           'view pairs (mixbt/monitors.py; about 8 %% of the kNN monitor\'s time)')
     a('--method', default=None, choices=list(METHODS), help='SSL method (default: from --is_mixup/--corr_neg_one)')
     a('--data_root', default='data', help='folder holding the data sets (ImageNet: the ImageNet folder)')
     a('--results_dir', '--checkpoint-dir', default='results', help='run folders are created here')
@@ -70,7 +77,10 @@ def get_args(argv=None):
     a('--projector', default=None, help='projector MLP sizes, e.g. 8192-8192-8192 (ImageNet default)')
     a('--learning-rate-weights', dest='lr_weights', default=0.2, type=float, help='ImageNet LARS lr (weights)')
     a('--learning-rate-biases', dest='lr_biases', default=0.0048, type=float, help='ImageNet LARS lr (biases, BN)')
-    a('--image_size', default=224, type=int, help='ImageNet crop size')
+    a('--image_size', default=224, type=int,
+      help='ImageNet crop size; --dataset folder: the image size (about 32: CIFAR stem and views, 64: '
+           'STL-10/Tiny-ImageNet, 96 and up: ImageNet)')
+    folder_data.add_folder_args(p)
     a('--ref_world_size', default=None, type=int,
       help='gradients x 1/R: the update of a reference run on R GPUs whose cross-correlation was summed with a '
            'plain all_reduce (the released Mix-BT ImageNet runs: 8); 1 = the true gradient. Default: 8 for the '
@@ -145,17 +155,13 @@ def resolve_args(args, explicit=()):
                     ('corr_neg_one', False): 'barlowtwins'}[(key, given)]
             typed = {'corr_neg_one': '--corr_neg_one' if given else '--corr_zero'}.get(key, f'--{key} {str(given).lower()}')
             raise MixBTError(f'--method {args.method} contradicts {typed}: drop {typed.split()[0]}, or use --method {hint}')
-    spec = datasets.SPECS[args.dataset]
+    spec = datasets.spec_of(args, read_folder=False)  # a folder: its stem and views; main() reads the folder
     for key, value in cls.defaults(spec, args.dataset).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     cls.resolve(args)
     datasets.select_pipeline(args.dataset, args.pipeline)  # MixBTError where the data set has no such pipeline
-    if args.aug is None:  # the device main.py will run on (distributed.init_distributed): CUDA where present
-        on_cuda = torch.cuda.is_available() and args.gpu >= 0
-        args.aug = 'gpu' if on_cuda and spec.in_memory else 'cpu'
-    if args.aug == 'gpu' and not spec.in_memory:
-        raise MixBTError(f'--aug gpu needs an in-memory data set; {args.dataset} uses --aug cpu')
+    resolve_aug(args, spec)
     if args.precision == 'auto' and getattr(args, 'bt_loss', None) == 'imagenet_reference':
         args.precision = 'fp16'  # the original ImageNet script: autocast (fp16) with a GradScaler
     if args.optimizer is None:
@@ -170,6 +176,29 @@ def resolve_args(args, explicit=()):
             setattr(args, key, value)
     check_args(args)
     return args
+
+
+def resolve_aug(args, spec):
+    """--aug: gpu by default where the device views can make the data set's views (images held in
+    memory, no blur or solarisation: not a folder at 96 px and up, nor a streamed one), cpu
+    otherwise; --aug gpu is refused where they cannot. Whether a folder is streamed is known once
+    main() has read it: the default waits for that second call, with the folder's resolved row."""
+    blurred = any(spec.recipe.blur + spec.recipe.solarize)
+    unread = args.dataset == datasets.FOLDER and not spec.identity  # data.spec_of(args, read_folder=False)
+    if args.aug is None and not unread:  # the device main.py runs on (distributed.init_distributed): CUDA if any
+        on_cuda = torch.cuda.is_available() and args.gpu >= 0
+        args.aug = 'gpu' if on_cuda and spec.in_memory and not spec.streamed and not blurred else 'cpu'
+    if args.aug != 'gpu':
+        return
+    if not spec.in_memory:
+        raise MixBTError(f'--aug gpu needs an in-memory data set; {args.dataset} uses --aug cpu')
+    if blurred:
+        raise MixBTError(f'--aug gpu has no blur or solarisation, which the views of --dataset {args.dataset} at '
+                         f'--image_size {args.image_size} have: use --aug cpu, or an --image_size below 96')
+    if spec.streamed:
+        raise MixBTError(f'--aug gpu needs the images in memory, and the folder {args.data_root} is streamed (more '
+                         f'than --max_memory_gb {args.max_memory_gb:g}): use --aug cpu, raise --max_memory_gb or '
+                         'pass --subset N')
 
 
 def check_args(args):
@@ -207,8 +236,10 @@ def applicable_settings(args):
     cosine = lars or args.lr_shed in ('cosine', 'cosine_exact')
     skip = other_methods | ({'lr'} if lars else {'lr_weights', 'lr_biases'}) | \
         ({'warmup_steps'} if cosine else {'warmup_epochs'})
-    if datasets.SPECS[args.dataset].in_memory:
-        skip |= {'image_size'}
+    if args.dataset != datasets.FOLDER:
+        skip |= {'folder_labels', 'max_memory_gb'}
+        if datasets.SPECS[args.dataset].in_memory:
+            skip |= {'image_size'}
     return {k: v for k, v in sorted(vars(args).items()) if k not in skip and v is not None}
 
 

@@ -142,12 +142,13 @@ def resnet(arch, **kwargs):
     return getattr(torchvision.models, arch)(norm_layer=BatchNorm2d, **kwargs)
 
 
-def small_backbone(arch='resnet18', maxpool=False):
+def small_backbone(arch='resnet18', maxpool=False, imagenet_stem=False):
     """torchvision ResNet children in order, 3x3 stride-1 conv1, no fc; the max-pool kept only
-    with `maxpool` (64 px inputs; 32 px inputs drop it)."""
+    with `maxpool` (64 px inputs; 32 px inputs drop it). imagenet_stem: torchvision's own 7x7
+    stride-2 conv1 is kept (a folder of images at 96 px and up, with `maxpool`)."""
     layers = []
     for name, module in resnet(arch).named_children():
-        if name == 'conv1':
+        if name == 'conv1' and not imagenet_stem:
             module = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         if isinstance(module, nn.Linear) or (isinstance(module, nn.MaxPool2d) and not maxpool):
             continue

@@ -88,7 +88,7 @@ def build_train_views(args, train, n_views, device):
 def load_data(args):
     """(SSL training data, kNN memory (images, labels), kNN test (images, labels)); ImageNet: (None, None, None)."""
     from mixbt import augment
-    spec = datasets.SPECS[args.dataset]
+    spec = datasets.spec_of(args)
     if not spec.in_memory:
         return None, None, None
     if args.download and D.world_size() > 1:  # rank 0 downloads, the others wait

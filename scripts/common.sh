@@ -4,10 +4,11 @@ PYTHON=${PYTHON:-python3}
 
 # What a numeric setting may hold, by variable name (the same name is the same flag in every script).
 # A launch-script variable with a numeric default must be listed here (tests/test_scripts.py checks it).
-SETTINGS_COUNT="nproc epochs batch_size feature_dim emb head_size views w_size w_iter group iters ref_world_size"  # whole, >= 1
+SETTINGS_COUNT="nproc epochs batch_size feature_dim emb head_size views w_size w_iter group iters ref_world_size
+  image_size"                                                                        # whole, >= 1
 SETTINGS_INTEGER="gpu warmup_steps"                                                 # whole numbers (gpu -1: CPU)
 SETTINGS_NUMBER="lr lmbda lambd mixup_loss_scale lambda_mixup mixup_warmup_epochs warmup_epochs weight_decay
-  w_eps tau byol_tau lr_w lr_b lr_backbone lr_classifier"                           # numbers: 0.01, 1e-3, 2
+  w_eps tau byol_tau lr_w lr_b lr_backbone lr_classifier max_memory_gb"             # numbers: 0.01, 1e-3, 2
 SETTINGS_SIZES="projector"                                                          # layer sizes: 8192-8192-8192
 # Environment variables never taken for a misspelt setting.
 SETTINGS_COMMON_ENV="PATH HOME USER LOGNAME SHELL TERM LANG PWD OLDPWD SHLVL HOSTNAME MAIL TZ DISPLAY EDITOR

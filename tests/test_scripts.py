@@ -421,7 +421,8 @@ def real_run(script, world, tmp_path, env, args, shell='bash'):
 @pytest.mark.parametrize('script, env, args', [
     ('scripts-pretrain-resnet18/cifar10.sh', {}, []),
     ('ssl-sota/simclr/cifar10.sh', {'EMB': '16', 'HEAD_SIZE': '32'}, []),
-    ('scripts-pretrain-resnet18/imagenet.sh', {'NPROC': '2', 'PROJECTOR': '32-32-32'}, ['--image_size', '64'])])
+    ('scripts-pretrain-resnet18/imagenet.sh', {'NPROC': '2', 'PROJECTOR': '32-32-32', 'REF_WORLD_SIZE': '2'},
+     ['--image_size', '64'])])
 def test_pretraining_scripts_train(script, env, args, world, tmp_path):
     """`sh script.sh` (dash, as the original README) from any working directory: one optimiser step, the kNN
     monitor, a run folder; the ImageNet one with 2 processes under torchrun."""
