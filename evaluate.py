@@ -48,7 +48,8 @@ from mixbt.transfer_data import TRANSFER, load_transfer
 from mixbt.runtime import autocast_dtype, run_command
 
 # Settings that may change between two runs on one evaluation folder: where things are and how
-# fast they run, and which transfer sets are tried; not what a finished part computed.
+# fast they run, and which transfer sets are tried; not what a finished part computed. The
+# checkpoint's content is part of each part's own identity: a rewritten file recomputes the parts.
 RESUME_FREE = ('checkpoint', 'data_root', 'results_dir', 'run_name', 'eval_dir', 'workers', 'gpu', 'precision',
                'transfer_datasets', 'model_sha256')
 # What defines the kNN part, besides the checkpoint's content.
