@@ -35,6 +35,7 @@ import torch
 from mixbt import augment
 from mixbt import data as datasets
 from mixbt import distributed as D
+from mixbt import folder_data
 from mixbt import knn
 import linear
 import transfer
@@ -51,9 +52,10 @@ from mixbt.runtime import autocast_dtype, run_command
 # fast they run, and which transfer sets are tried; not what a finished part computed. The
 # checkpoint's content is part of each part's own identity: a rewritten file recomputes the parts.
 RESUME_FREE = ('checkpoint', 'data_root', 'results_dir', 'run_name', 'eval_dir', 'workers', 'gpu', 'precision',
-               'transfer_datasets', 'model_sha256')
-# What defines the kNN part, besides the checkpoint's content.
-KNN_KEYS = ('dataset', 'arch', 'k', 'temperature', 'subset', 'channels_last')
+               'transfer_datasets', 'model_sha256', 'folder_identity', 'max_memory_gb')
+# What defines the kNN part, besides the checkpoint's content (a folder: also its images).
+KNN_KEYS = ('dataset', 'arch', 'k', 'temperature', 'subset', 'channels_last', 'image_size', 'folder_labels',
+            'folder_identity')
 
 
 def get_args(argv=None):
@@ -62,7 +64,7 @@ def get_args(argv=None):
     a = p.add_argument
     a('checkpoint', metavar='CHECKPOINT_OR_RUN_FOLDER',
       help='a checkpoint (*_model.pth, last.pth, resnet50.pth...) or a main.py run folder (its <prefix>_model.pth)')
-    a('--dataset', default=None, choices=sorted(datasets.SPECS),
+    a('--dataset', default=None, choices=datasets.DATASETS,
       help="data set of the kNN monitor and the linear probe (default: the one the checkpoint's name or run "
            "folder names, else cifar10)")
     a('--arch', default=None, choices=['resnet18', 'resnet50'], help='default: inferred from the checkpoint')
@@ -88,6 +90,7 @@ def get_args(argv=None):
     a('--workers', default=min(8, os.cpu_count() or 1), type=int, help='data-loader worker processes')
     a('--gpu', default=0, type=int, help='CUDA device of a single-process run (-1: CPU)')
     a('--precision', default='auto', choices=['auto', 'fp32', 'bf16', 'fp16'])
+    folder_data.add_folder_args(p, evaluation=True)
     args = p.parse_args(argv)
     for key in ('epochs', 'transfer_epochs', 'batch_size', 'transfer_batch_size', 'k'):
         if getattr(args, key) is not None and getattr(args, key) < 1:
@@ -138,7 +141,12 @@ def resolve(args):
     model_path, run_args = resolve_checkpoint(args.checkpoint)
     args.model_path = os.path.realpath(model_path)
     args.model_sha256 = file_sha256(args.model_path)  # its content: what every part's identity names
-    resolve_dataset_arg(args, datasets.SPECS)  # its file name, else its run folder's args.json
+    resolve_dataset_arg(args, datasets.DATASETS)  # its file name, else its run folder's args.json
+    folder_data.run_settings(args, args.model_path)  # a folder: the run's image size, labels and memory settings
+    spec = datasets.spec_of(args)  # a folder is read here, before any work
+    folder_data.require(spec, 'evaluate.py')
+    if args.dataset == datasets.FOLDER:  # its files: a kNN result is reused only on the same images
+        args.folder_identity = spec.identity
     run_args = run_args or {}
     # The run's own monitor settings reproduce its kNN number; main.py's defaults otherwise.
     args.k = args.k or run_args.get('k') or 200
@@ -151,8 +159,12 @@ def resolve(args):
 
 def plan(args):
     """The parts of this evaluation: [(part name, task, data set)]."""
-    if not datasets.SPECS[args.dataset].in_memory:  # ImageNet: linear only
+    spec = datasets.spec_of(args)
+    if not spec.in_memory:  # ImageNet: linear only
         return [('linear', 'linear', args.dataset)]
+    if spec.streamed:  # the kNN monitor takes the images in memory (main() says so)
+        return ([('linear', 'linear', args.dataset)]
+                + [(f'transfer_{name}', 'transfer', name) for name in args.transfer_datasets])
     return ([('knn', 'knn', args.dataset), ('linear', 'linear', args.dataset)]
             + [(f'transfer_{name}', 'transfer', name) for name in args.transfer_datasets])
 
@@ -161,7 +173,7 @@ def plan(args):
 def run_knn(args, device):
     """{'top1', 'top5', ...} of the kNN monitor, as main.py runs it (main.load_data)."""
     backbone = load_backbone(args.model_path, args.dataset, args.arch)[0]
-    spec = datasets.SPECS[args.dataset]
+    spec = datasets.spec_of(args)
     memory, test = [augment.eval_split(args.dataset, d) for d in
                     datasets.load_splits(args.dataset, args.data_root, spec.splits[1:], args.subset, workers=args.workers)]
     backbone.to(device)
@@ -201,6 +213,8 @@ def probe_argv(args, part):
         given = {'--epochs': args.transfer_epochs, '--batch_size': args.transfer_batch_size or args.batch_size}
         argv += ['--transfer_dataset', part[len('transfer_'):]]
     given.update({'--subset': args.subset or None, '--workers': args.workers})
+    if args.dataset == datasets.FOLDER:
+        given.update({f'--{key}': getattr(args, key) for key in folder_data.RUN_SETTINGS})
     return argv + [str(x) for flag, value in given.items() if value is not None for x in (flag, value)]
 
 
@@ -294,7 +308,7 @@ def take_stock(args, parts):
             if part != 'knn':
                 shutil.rmtree(os.path.join(args.eval_dir, part))
     named = {part for part, _, _ in parts}
-    for name in TRANSFER if datasets.SPECS[args.dataset].in_memory else ():
+    for name in TRANSFER if datasets.spec_of(args).in_memory else ():
         part = f'transfer_{name}'
         if part in named or not os.path.isfile(part_results_path(args, part)):
             continue
@@ -375,7 +389,10 @@ def main(argv=None):
     args.arch = load_backbone(args.model_path, args.dataset, args.arch)[2]
     if D.is_main():
         parts = ', '.join(p for p, _, _ in plan(args))
-        print(f'Evaluating {args.model_path} ({args.arch}, {args.dataset}) in {args.eval_dir}: {parts}', flush=True)
+        streamed = ('; no kNN: the images are streamed (raise --max_memory_gb or pass --subset N)'
+                    if datasets.spec_of(args).streamed else '')
+        print(f'Evaluating {args.model_path} ({args.arch}, {args.dataset}) in {args.eval_dir}: {parts}{streamed}',
+              flush=True)
     lock = open_folder(args)
     try:
         parts, results, skipped = evaluate(args, device)

@@ -22,6 +22,7 @@ import torch
 from mixbt import augment
 from mixbt import data as datasets
 from mixbt import distributed as D
+from mixbt import folder_data
 from mixbt.checkpoints import load_backbone, resolve_dataset_arg
 from mixbt.errors import MixBTError
 from mixbt.identity import file_sha256
@@ -35,7 +36,7 @@ SIMCLR_SUBSETS = 'https://raw.githubusercontent.com/google-research/simclr/maste
 def get_args(argv=None):
     p = argparse.ArgumentParser(description='Linear evaluation', allow_abbrev=False)
     a = p.add_argument
-    a('--dataset', default=None, choices=sorted(datasets.SPECS),
+    a('--dataset', default=None, choices=datasets.DATASETS,
       help="data set to evaluate on (default: the one the checkpoint's file name or run folder names, else cifar10)")
     a('--arch', default=None, choices=['resnet18', 'resnet50'], help='default: inferred from the checkpoint')
     a('--model_path', required=True, help='pretrained checkpoint (*_model.pth, last.pth, resnet50.pth, ...)')
@@ -70,10 +71,16 @@ def get_args(argv=None):
     a('--lr-backbone', dest='lr_backbone', default=None, type=float, help='ImageNet: default 0.0')
     a('--lr-classifier', dest='lr_classifier', default=None, type=float, help='ImageNet: default 0.3')
     a('--weight-decay', dest='weight_decay', default=None, type=float, help='default 5e-6 (ImageNet: 1e-6)')
-    a('--image_size', default=224, type=int, help='ImageNet crop size')
+    folder_data.add_folder_args(p, evaluation=True)  # --image_size: also the ImageNet crop size (default 224)
     a('--print-freq', dest='print_freq', default=100, type=int, help='accepted for compatibility')
-    args = resolve_dataset_arg(p.parse_args(argv), datasets.SPECS)
-    imagenet = not datasets.SPECS[args.dataset].in_memory
+    args = resolve_dataset_arg(p.parse_args(argv), datasets.DATASETS)
+    folder_data.run_settings(args, args.model_path)  # a folder: the pretraining run's size, labels, memory
+    args.image_size = args.image_size or 224
+    spec = datasets.spec_of(args)  # a folder is read here, before any work
+    folder_data.require(spec, 'linear.py')
+    if args.dataset == datasets.FOLDER:  # its files: a probe is continued or reused only on the same images
+        args.folder_identity = spec.identity
+    imagenet = not spec.in_memory
     for key, value in (('batch_size', 256 if imagenet else 512), ('epochs', 100 if imagenet else 200),
                        ('weight_decay', 1e-6 if imagenet else 5e-6)):
         if getattr(args, key) is None:
@@ -213,20 +220,18 @@ def imagenet_eval(args, device, amp):
 
 def small_eval(args, device, amp):
     backbone, emb, arch = load_backbone(args.model_path, args.dataset, args.arch)
-    _, train_split, test_split = datasets.SPECS[args.dataset].splits
+    spec = datasets.spec_of(args)
+    _, train_split, test_split = spec.splits
     load = lambda split: datasets.load(args.dataset, args.data_root, split, args.download, args.workers,
-                                       skip_bad=args.skip_bad_images and split == train_split)
+                                       skip_bad=args.skip_bad_images and split == train_split, subset=args.subset)
     train, test = load(train_split), load(test_split)
-    if args.subset:
-        train, test = [datasets.ArrayData(d.images[:args.subset], d.labels[:args.subset], d.classes)
-                       for d in (train, test)]
     train_tf = augment.eval_transform(args.dataset) if args.no_aug else augment.train_view(args.dataset)
     train_ds = augment.ArrayDataset(train, train_tf)
     test_ds = augment.ArrayDataset(test, augment.eval_transform(args.dataset))
     gamma = (1e-6 / 1e-2) ** (1 / args.epochs)
     stem = os.path.splitext(os.path.basename(args.model_path))[0]
     return frozen_probe(
-        args, backbone=backbone, emb=emb, num_classes=datasets.SPECS[args.dataset].num_classes, train_ds=train_ds,
+        args, backbone=backbone, emb=emb, num_classes=spec.num_classes, train_ds=train_ds,
         train_is_augmented=not args.no_aug, test_ds=test_ds, device=device, amp=amp,
         optimizer_fn=lambda params: torch.optim.Adam(params, lr=1e-2, weight_decay=args.weight_decay),
         scheduler_fn=lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma),
@@ -254,7 +259,7 @@ def main(argv=None):
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
     amp = autocast_dtype(args.precision, device)
-    if not datasets.SPECS[args.dataset].in_memory:
+    if not datasets.spec_of(args).in_memory:
         return imagenet_eval(args, device, amp)
     return small_eval(args, device, amp)
 

@@ -3,9 +3,9 @@
     python transfer.py --dataset cifar10 --transfer_dataset dtd --arch resnet18 \
         --model_path checkpoints/4wdhbpcf_0.0078125_1024_256_cifar10_model.pth
 
-Frozen backbone, images resized to the pretraining size (32 for CIFAR, 64 otherwise), the
-transfer set's normalisation, a linear classifier trained with SGD lr 0.01, momentum 0.9,
-x0.1 at epochs 60 and 80, 100 epochs, batch 128. The backbone's BatchNorm as the original
+Frozen backbone, images resized to the pretraining size (32 for CIFAR, 64 otherwise; a folder:
+its --image_size), the transfer set's normalisation, a linear classifier trained with SGD lr
+0.01, momentum 0.9, x0.1 at epochs 60 and 80, 100 epochs, batch 128. The backbone's BatchNorm as the original
 evaluate_transfer.py: train mode while the classifier trains, eval mode for the test pass.
 With --probe_bn eval it stays in eval mode, and as the inputs are not augmented the features
 are extracted once and cached (much faster; torchrun-ready: each process takes its part of
@@ -19,6 +19,7 @@ from torchvision import transforms as T
 
 from mixbt import data as datasets
 from mixbt import distributed as D
+from mixbt import folder_data
 from mixbt.checkpoints import load_backbone, resolve_dataset_arg
 from mixbt.errors import MixBTError
 from mixbt.identity import file_sha256
@@ -31,7 +32,7 @@ from mixbt.runtime import autocast_dtype, run_command, seed_everything
 def get_args(argv=None):
     p = argparse.ArgumentParser(description='Transfer evaluation', allow_abbrev=False)
     a = p.add_argument
-    a('--dataset', default=None, choices=datasets.IN_MEMORY,
+    a('--dataset', default=None, choices=[*datasets.IN_MEMORY, datasets.FOLDER],
       help="pretraining data set of the checkpoint (default: the one its file name or run folder names, else cifar10)")
     a('--transfer_dataset', default='dtd', choices=sorted(TRANSFER), help='data set to evaluate on')
     a('--arch', default=None, choices=['resnet18', 'resnet50'], help='default: inferred from the checkpoint')
@@ -59,7 +60,9 @@ def get_args(argv=None):
            "running statistics updated; eval mode at test) or eval (ours: never changed; features cached once)")
     a('--flowers_split', default='reference', choices=['reference', 'official'],
       help="vgg_flower: the original's seeded 80/20 split of each class (reference) or setid.mat's train+val/test")
-    args = resolve_dataset_arg(p.parse_args(argv), datasets.IN_MEMORY)
+    folder_data.add_folder_args(p, evaluation=True)
+    args = resolve_dataset_arg(p.parse_args(argv), [*datasets.IN_MEMORY, datasets.FOLDER])
+    folder_data.run_settings(args, args.model_path)  # a folder checkpoint: the size (stem) it was pretrained at
     for key in ('batch_size', 'epochs'):
         if getattr(args, key) < 1:
             raise MixBTError(f'--{key} {getattr(args, key)} must be at least 1')
@@ -72,6 +75,8 @@ def get_args(argv=None):
 
 def main(argv=None):
     args = get_args(argv)
+    # A folder checkpoint: the row of its image size (its stem); its own images are not needed here.
+    size = datasets.spec_of(args, read_folder=False).size
     check_writable(args.results_dir)
     device = D.init_distributed(args.gpu)
     seed_everything(args.seed + D.rank())
@@ -79,7 +84,6 @@ def main(argv=None):
     args.model_sha256 = file_sha256(args.model_path) if os.path.isfile(args.model_path) else None  # linear.main
     backbone, emb, arch = load_backbone(args.model_path, args.dataset, args.arch)
     spec = TRANSFER[args.transfer_dataset]
-    size = datasets.SPECS[args.dataset].size
     tf = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize(spec.mean, spec.std)])
     train = load_transfer(args.transfer_dataset, args.data_root, True, tf, args.download,
                           flowers_split=args.flowers_split)

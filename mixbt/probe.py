@@ -165,11 +165,12 @@ def run_epoch(forward, batches, device, optimizer=None, amp_dtype=None, desc='',
     return loss_sum / n, 100 * top1 / n, 100 * top5 / n
 
 
-# Flags that may change when a run is continued: where things live and how fast it runs, not
-# what it computes. Any other difference means the folder holds another evaluation. The backbone
+# Flags that may change when a run is continued: where things live and how fast it runs (a
+# folder's images in memory or streamed), not what it computes. Any other difference means the folder holds another evaluation. The backbone
 # file is named by its content (model_sha256), not by its path.
 RESUME_FREE_ARGS = ('resume', 'run_name', 'results_dir', 'data_root', 'model_path', 'workers', 'gpu', 'download',
-                    'print_freq', 'wandb_group', 'screen', 'precision', 'skip_bad_images', 'model_sha256')
+                    'print_freq', 'wandb_group', 'screen', 'precision', 'skip_bad_images', 'model_sha256',
+                    'max_memory_gb')
 
 
 def probe_identity(args):

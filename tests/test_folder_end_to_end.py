@@ -27,6 +27,50 @@ def write_folder(root, per_class=8, classes=4, labelled=True):
 
 
 @pytest.mark.slow
+def test_labelled_folder_pretrains_probes_evaluates_and_visualises(tmp_path, capsys):
+    import evaluate
+    import main
+    import visualize
+    root = write_folder(tmp_path / 'images')
+    run = main.main(['--dataset', 'folder', '--data_root', root, '--results_dir', str(tmp_path / 'runs')] + TINY)
+    out = capsys.readouterr().out
+    assert 'folder: ' in out and '28 training images in 4 classes, test split: 10% of each class held out (4' in out
+    assert 'kNN top1' in out
+    saved = json.load(open(os.path.join(run, 'args.json')))
+    assert (saved['dataset'], saved['image_size']) == ('folder', 16)
+    argv = [run, '--data_root', root, '--results_dir', str(tmp_path / 'eval'), '--epochs', '1', '--batch_size', '16',
+            '--workers', '0', '--gpu', '-1', '--no_aug', '--transfer_datasets']
+    result = evaluate.main(argv)
+    assert set(result['results']) == {'knn', 'linear'} and result['results']['knn']['test_images'] == 4
+    # one more image in the folder: its results are not reused for the new contents
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(os.path.join(root, 'class0', 'added.png'))
+    datasets._FOLDER_ROW.clear()  # as a new command: the folder is read again
+    capsys.readouterr()
+    evaluate.main(argv)
+    out = capsys.readouterr().out
+    assert 'knn folder: computed afresh' in out and 'linear folder: computed afresh' in out
+    assert 'folder_identity' in out
+    (model,) = [f for f in os.listdir(run) if f.endswith('_folder_model.pth')]
+    paths = visualize.main([os.path.join(run, model), '--data_root', root, '--gpu', '-1', '--workers', '0',
+                            '--projection', 'pca', '--out_dir', str(tmp_path / 'vis')])
+    assert all(os.path.isfile(p) for p in paths)
+
+
+@pytest.mark.slow
+def test_unlabelled_folder_pretrains_without_monitors_and_the_probe_refuses_it(tmp_path, capsys):
+    import linear
+    import main
+    root = write_folder(tmp_path / 'images', labelled=False)
+    run = main.main(['--dataset', 'folder', '--data_root', root, '--results_dir', str(tmp_path / 'runs')] + TINY)
+    out = capsys.readouterr().out
+    assert '32 unlabelled images' in out and 'kNN top1' not in out
+    (model,) = [f for f in os.listdir(run) if f.endswith('_folder_model.pth')]
+    with pytest.raises(MixBTError, match='linear.py needs labelled images'):
+        linear.main(['--model_path', os.path.join(run, model), '--data_root', root, '--gpu', '-1',
+                     '--results_dir', str(tmp_path / 'lin')])
+
+
+@pytest.mark.slow
 def test_a_folder_with_one_class_stops_before_any_run_folder_is_made(tmp_path):
     import main
     root = write_folder(tmp_path / 'images', classes=1)
