@@ -3,6 +3,7 @@
     python3 -m benchmarks.throughput                          # CUDA: ResNet-18, batch 256, 32x32
     python3 -m benchmarks.throughput --device cpu --small     # a quick CPU run
     python3 -m benchmarks.throughput --compile                # ours with torch.compile
+    python3 -m benchmarks.throughput --device cpu --skip_train --profile 5   # where the views' time goes
 
 Prints one JSON object on stdout (images/s count images, each delivered as its two views), and
 one line per round on stderr:
@@ -19,7 +20,10 @@ Every number is measured in --rounds interleaved rounds (reference, ours, refere
 ...; each with the same --warmup and --steps) on the same device in the same run; the
 reported rates and ratios are the medians over the rounds, each round is kept under "rounds".
 Data: the real training set when data.load finds it under --data_root, else random uint8
-images of the data set's shape (speed does not depend on the pixels).
+images of the data set's shape (the worst case for the caches of the on-device colour tables).
+On a busy machine (load above the core count, recorded as "load_average"), OpenMP threads that
+spin while they wait stall each other at every operation of ours: OMP_WAIT_POLICY=PASSIVE (recorded)
+or --threads 1 measure the work rather than the contention.
 """
 import argparse
 import copy
@@ -77,6 +81,9 @@ def get_args(argv=None):
     a('--small', action='store_true', help='CPU-sized run: batch 32, 5 steps, 2 warm-up steps (unless given)')
     a('--skip_train', action='store_true', help='measure the data path only')
     a('--out', default=None, help='also write the JSON object to this file')
+    a('--profile', type=int, default=0, metavar='STEPS',
+      help='then profile STEPS steps of the on-device views (torch.profiler): their costliest operations, '
+           'on stderr and as "aug_profile" in the JSON')
     args = p.parse_args(argv)
     for key, value in zip(('batch_size', 'steps', 'warmup'), (32, 5, 2) if args.small else (256, 30, 5)):
         if getattr(args, key) is None:
@@ -255,6 +262,31 @@ def training_rate(args, train, device, count_flops=True):
     return rate, flops, settings
 
 
+def profile_views(args, train, device, steps, top=15):
+    """Where the on-device views' time goes: torch.profiler over `steps` steps (after one untimed
+    step that builds the tables), the `top` operations by self CPU time, costliest first, as
+    {'op', 'self_cpu_ms_per_step', 'calls_per_step'} (and 'self_device_ms_per_step' on CUDA)."""
+    from torch.profiler import ProfilerActivity, profile
+    views = main.build_train_views(trainer_args(args, ours=True), train, 2, device)
+    steps = max(1, min(steps, len(views) - 1))
+    batches = views.epoch(0)
+    next(batches)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            next(batches)
+        sync(device)
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
+    rows = []
+    for e in events:
+        row = {'op': e.key, 'self_cpu_ms_per_step': e.self_cpu_time_total / 1e3 / steps,
+               'calls_per_step': e.count / steps}
+        if device.type == 'cuda':
+            row['self_device_ms_per_step'] = e.self_device_time_total / 1e3 / steps
+        rows.append(row)
+    return rows
+
+
 def median_pair(rounds, key):
     """{'reference', 'ours'} medians over the rounds of rounds[i][key], and the median of the per-round ratios."""
     pairs = [r[key] for r in rounds]
@@ -293,6 +325,19 @@ def write_json(path, out):
     os.replace(tmp, path)
 
 
+def busy_note():
+    """The 1-minute load average (None where the OS has none), with a note on stderr when it exceeds the cores."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    cores = os.cpu_count() or 1
+    if load > cores and os.environ.get('OMP_WAIT_POLICY', '').lower() != 'passive':
+        log(f'note: load {load:.1f} on {cores} cores: spinning OpenMP threads stall each other; '
+            'OMP_WAIT_POLICY=PASSIVE or --threads 1 measure the work rather than the contention')
+    return load
+
+
 def run(argv=None):
     args = get_args(argv)
     if args.threads:
@@ -302,7 +347,8 @@ def run(argv=None):
     head = {'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
             'torch': torch.__version__, 'threads': torch.get_num_threads(), 'dataset': args.dataset, 'data': described,
             'arch': args.arch, 'batch_size': args.batch_size, 'steps': args.steps, 'warmup': args.warmup,
-            'workers': args.workers, 'rounds_asked': args.rounds}
+            'workers': args.workers, 'rounds_asked': args.rounds, 'load_average': busy_note(),
+            'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY')}
     rounds, step_flops, settings = [], None, {}
     for r in range(1, args.rounds + 1):
         row = {'round': r, 'aug_images_per_s': {'reference': data_path_rate(args, train, device, ours=False),
@@ -324,6 +370,12 @@ def run(argv=None):
         if args.out:  # after every round: a run stopped early still leaves the rounds it measured
             write_json(args.out, out)
     log(summary)
+    if args.profile:
+        out['aug_profile'] = profile_views(args, train, device, args.profile)
+        log('on-device views, self CPU ms per step: ' + ', '.join(
+            f'{r["op"]} {r["self_cpu_ms_per_step"]:.2f} ({r["calls_per_step"]:g} calls)' for r in out['aug_profile']))
+        if args.out:
+            write_json(args.out, out)
     print(json.dumps(out, indent=1), flush=True)
     return out
 

@@ -15,7 +15,7 @@ import torch
 from mixbt import data as datasets
 from mixbt import distributed as D
 from mixbt.errors import MixBTError
-from mixbt.gpu_colour import color_jitter, hue_group_bounds, random_grayscale
+from mixbt.gpu_colour import color_jitter, random_grayscale
 from mixbt.runtime import device_constant
 
 # The SSL view of each in-memory data set: its registry row's recipe (data.Recipe), as augment.py builds it.
@@ -134,8 +134,8 @@ def _weight_table(in_size, out_size, kernel, device):
     length) + flip; made once per device for small images (CIFAR: 8.6 MB), where a lookup costs
     far less than the dozen passes that compute a batch's weights."""
     start, length, flip = (t.reshape(-1) for t in torch.meshgrid(
-        torch.arange(in_size), torch.arange(in_size + 1), torch.arange(2), indexing='ij'))
-    return resize_weights(start, length, out_size, in_size, kernel, flip).to(device)
+        *(torch.arange(k, device=device) for k in (in_size, in_size + 1, 2)), indexing='ij'))
+    return resize_weights(start, length, out_size, in_size, kernel, flip)
 
 
 def crop_weights(crop, size, height, width, kernel='bilinear', flip=None):
@@ -164,9 +164,9 @@ def crop_resize(x, crop, size, kernel='bilinear', flip=None):
     n, c, height, width = x.shape
     wy, wx = crop_weights(crop, size, height, width, kernel, flip)
     rows = x.permute(0, 2, 1, 3).reshape(n, height * c, width)
-    out = to_uint8(torch.bmm(rows, wx.transpose(1, 2)), kernel)                   # (N, H, C, S)
-    out = torch.bmm(wy, out.view(n, height, c * size)).view(n, size, c, size).permute(0, 2, 1, 3)
-    return to_uint8(out, kernel, out=torch.empty(out.shape, device=x.device))
+    wide = to_uint8(torch.bmm(rows, wx.transpose(1, 2)), kernel)  # (N, H, C, S) memory
+    full = torch.bmm(wy, wide.view(n, height, c * size)).view(n, size, c, size).permute(0, 2, 1, 3)
+    return to_uint8(full, kernel, out=torch.empty(full.shape, device=x.device))
 
 
 # ---------------------------------------------------------------------------- pipeline

@@ -109,6 +109,29 @@ def test_ratios_are_medians_of_interleaved_rounds(bench, monkeypatch, capsys, tm
     assert 'median of 3 rounds: data path x3.00 | training reference 1.0 img/s, ours 3.0 img/s, x3.00' in err
 
 
+def test_profile_lists_the_costliest_operations_of_the_on_device_views(bench, repo_root):
+    args = bench.get_args(['--device', 'cpu', '--batch_size', '8', '--steps', '2', '--warmup', '1', '--skip_train',
+                           '--profile', '2', '--data_root', os.path.join(repo_root, 'no-data-here')])
+    train, _ = bench.training_set(args, 8 * 3)
+    rows = bench.profile_views(args, train, torch.device('cpu'), args.profile)
+    costs = [r['self_cpu_ms_per_step'] for r in rows]
+    assert 0 < len(rows) <= 15 and costs == sorted(costs, reverse=True) and costs[0] > 0
+    assert all(r['calls_per_step'] > 0 for r in rows)
+    assert {'aten::bmm', 'aten::index_select'} <= {r['op'] for r in rows}  # resampling, colour tables
+
+
+def test_a_busy_machine_is_recorded_and_named_on_stderr(bench, monkeypatch, capsys):
+    monkeypatch.setattr(bench.os, 'cpu_count', lambda: 2)
+    monkeypatch.setattr(bench.os, 'getloadavg', lambda: (7.5, 6.0, 5.0))
+    monkeypatch.delenv('OMP_WAIT_POLICY', raising=False)
+    assert bench.busy_note() == 7.5 and 'OMP_WAIT_POLICY=PASSIVE' in capsys.readouterr().err
+    monkeypatch.setenv('OMP_WAIT_POLICY', 'passive')  # the remedy taken: nothing to say
+    assert bench.busy_note() == 7.5 and capsys.readouterr().err == ''
+    monkeypatch.setattr(bench.os, 'getloadavg', lambda: (1.0, 1.0, 1.0))
+    monkeypatch.delenv('OMP_WAIT_POLICY')
+    assert bench.busy_note() == 1.0 and capsys.readouterr().err == ''
+
+
 def test_reference_workers_default_to_the_references_16_on_cuda(bench, monkeypatch):
     """16 DataLoader workers with pinned memory on a GPU, as the reference ran (fewer on a machine with
     fewer cores); on a CPU the benchmark's 2; --workers overrides both."""
