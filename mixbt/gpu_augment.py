@@ -216,8 +216,10 @@ class DeviceViews:
     (seed, epoch, rank), so a resumed run repeats an epoch exactly."""
 
     def __init__(self, args, train, n_views, device):
-        if args.dataset not in RECIPES:
-            raise MixBTError(f'--aug gpu has no recipe for {args.dataset!r}; use --aug cpu')
+        spec = datasets.spec_of(args.dataset)  # a folder's row: resolved once main() has read it
+        if not spec.in_memory or spec.streamed or any(spec.recipe.blur + spec.recipe.solarize):
+            raise MixBTError(f'--aug gpu cannot make the views of {args.dataset!r} (images not held in memory, or '
+                             'views with blur or solarisation); use --aug cpu')
         pipeline = datasets.select_pipeline(args.dataset, getattr(args, 'pipeline', 'mixbt'))
         self.recipe, self.mean, self.std = pipeline.recipe, pipeline.mean, pipeline.std
         # NHWC memory seen as NCHW: the uint8 set is channels_last without a copy.

@@ -136,3 +136,18 @@ def test_the_printed_configuration_of_a_folder_run_holds_its_folder_settings():
     folder = applicable_settings(get_args(['--dataset', 'folder', '--image_size', '64']))
     assert (folder['image_size'], folder['folder_labels'], folder['max_memory_gb']) == (64, 'auto', 4.0)
     assert not {'image_size', 'folder_labels', 'max_memory_gb'} & set(applicable_settings(get_args([])))
+
+
+def test_the_device_views_make_a_folder_held_in_memory(tmp_path):
+    """--aug gpu (the CUDA default for such a folder): DeviceViews takes the folder's resolved row."""
+    import torch
+    from mixbt import config
+    from mixbt.gpu_augment import DeviceViews
+    from mixbt.train_data import load_data
+    root = write_folder(tmp_path / 'images', per_class=4, classes=2)
+    args = config.get_args(['--dataset', 'folder', '--data_root', root, '--image_size', '32', '--aug', 'gpu',
+                            '--batch_size', '4', '--workers', '0'])
+    train, _, _ = load_data(args)
+    views = DeviceViews(args, train, 2, torch.device('cpu'))
+    first = next(iter(views.epoch(0)))
+    assert len(first) == 2 and first[0].shape[1:] == (3, 32, 32)
