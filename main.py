@@ -26,6 +26,7 @@ from mixbt import distributed as D
 from mixbt import knn
 from mixbt import monitors
 from mixbt import probe
+from mixbt.probe import format_time
 from mixbt.accumulate import accumulated_step, check_accumulate
 from mixbt.checkpoints import atomic_save, load_strict, non_finite_entries
 from mixbt.config import get_args, print_config, resolve_aug
@@ -408,11 +409,6 @@ def main(argv=None):
         raise
     folder.release()
     return run_dir
-
-
-def format_time(seconds):
-    seconds = int(round(seconds))
-    return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
 
 def cli(argv=None):
