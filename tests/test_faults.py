@@ -184,8 +184,11 @@ def test_meaningless_settings_are_refused_before_the_run_folder_exists(cifar_roo
 
 @pytest.mark.slow
 def test_k_larger_than_the_memory_bank_is_capped_with_a_notice(cifar_root, tmp_path, capsys):
-    main.main(common(cifar_root, tmp_path, '--epochs', '1', '--k', '500'))
-    assert re.search(r'--k 500 is larger than the memory bank \((\d+) images\): using k = \1', capsys.readouterr().out)
+    run = main.main(common(cifar_root, tmp_path, '--epochs', '1', '--k', '500'))
+    assert re.search(r'--k 500 is larger than the memory bank \((\d+) images\): the kNN monitor uses k = \1',
+                     capsys.readouterr().out)
+    import json  # the configuration is not rewritten after it is resolved: the run records what was asked
+    assert json.load(open(os.path.join(run, 'args.json')))['k'] == 500
 
 
 # ------------------------------------------------------------------ 10. errors

@@ -140,19 +140,3 @@ def test_a_bad_boolean_names_the_accepted_values(capsys):
     with pytest.raises(SystemExit):
         get_args(['--is_mixup', 'maybe'])
     assert 'expected true or false' in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_the_configuration_is_not_written_after_it_is_resolved(cifar_root, tmp_path, monkeypatch):
-    """--k larger than the memory bank: the monitor uses the bank, args keep what was asked."""
-    seen = {}
-    real = main.Trainer.setup
-
-    def spy(self):
-        real(self)
-        seen['k'], seen['args_k'] = self.k, self.args.k
-        raise KeyboardInterrupt
-    monkeypatch.setattr(main.Trainer, 'setup', spy)
-    with pytest.raises(KeyboardInterrupt):
-        run(cifar_root, tmp_path, '--epochs', '1', '--k', '500')
-    assert seen['args_k'] == 500 and 0 < seen['k'] < 500
