@@ -259,8 +259,10 @@ class Trainer:
         """The monitor's scores after `epoch` epochs (an empty dict when it does not run); a new best
         is remembered (and saved by `save`)."""
         args = self.args
-        if self.memory is None or not ((args.knn_every and epoch % args.knn_every == 0) or last):
+        if not ((args.knn_every and epoch % args.knn_every == 0) or last):
             return {}
+        if self.memory is None:
+            return self.label_free_monitors()
         if args.pipeline == 'wmse' and last:  # the W-MSE code's linear evaluation of the final backbone
             scores, (bank, tested) = self.monitor(features=True)
             scores.update(probe.linear_eval_on_embeddings(*bank, *tested, self.spec.num_classes, seed=args.seed))
@@ -271,6 +273,23 @@ class Trainer:
             self.best = {'top1': scores['knn_top1'], 'top5': scores['knn_top5'], 'epoch': epoch,
                          'new': True}  # the first evaluation always saves
         return scores
+
+    def label_free_monitors(self):
+        """Without labels (an unlabelled folder) the kNN monitor cannot run: the label-free monitors
+        (effective ranks, off-diagonal mass) run instead, on a fixed sample of the training images."""
+        if not self.args.overfitting_monitors or self.train is None or self.spec.streamed:
+            return {}
+        images = self.train.images
+        if not hasattr(self, 'unlabelled_sample'):
+            pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:1000].sort().values
+            self.unlabelled_sample = (images[pick.numpy()], None)
+            if D.is_main():
+                print(f'note: {self.args.dataset} has no labels: the kNN monitor is skipped; the label-free monitors '
+                      f'run on {len(pick)} training images', flush=True)
+        norm = datasets.select_pipeline(self.args.dataset, self.args.pipeline)
+        return monitors.overfitting_metrics(self.model.backbone, self.model, None, self.unlabelled_sample, norm.mean,
+                                            norm.std, self.spec.num_classes, self.device, norm.recipe,
+                                            autocast_dtype=self.amp_dtype, channels_last=self.args.channels_last)
 
     def check_finite(self, epoch):
         """No state with a non-finite tensor is saved: every rank stops together."""

@@ -7,7 +7,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 os.environ.setdefault('WANDB_MODE', 'disabled')
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (pytest.ini: -n 2) each of the 2 workers takes one core; alone, a run takes two.
+torch.set_num_threads(1 if os.environ.get('PYTEST_XDIST_WORKER') else min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture

@@ -57,13 +57,18 @@ def test_labelled_folder_pretrains_probes_evaluates_and_visualises(tmp_path, cap
 
 
 @pytest.mark.slow
-def test_unlabelled_folder_pretrains_without_monitors_and_the_probe_refuses_it(tmp_path, capsys):
+def test_unlabelled_folder_pretrains_with_the_label_free_monitors_and_the_probe_refuses_it(tmp_path, capsys):
     import linear
     import main
     root = write_folder(tmp_path / 'images', labelled=False)
     run = main.main(['--dataset', 'folder', '--data_root', root, '--results_dir', str(tmp_path / 'runs')] + TINY)
     out = capsys.readouterr().out
     assert '32 unlabelled images' in out and 'kNN top1' not in out
+    assert 'the label-free monitors run on 32 training images' in out
+    import csv
+    (stats,) = [f for f in os.listdir(run) if f.endswith('_statistics.csv')]
+    last = list(csv.DictReader(open(os.path.join(run, stats))))[-1]
+    assert float(last['erank_features']) > 0 and float(last['offdiag_mass']) > 0 and not last['knn_top1']
     (model,) = [f for f in os.listdir(run) if f.endswith('_folder_model.pth')]
     with pytest.raises(MixBTError, match='linear.py needs labelled images'):
         linear.main(['--model_path', os.path.join(run, model), '--data_root', root, '--gpu', '-1',
