@@ -68,3 +68,26 @@ def test_the_imagenet_reference_recipe_runs_in_fp16_as_the_original():
     assert get_args(['--dataset', 'imagenet', '--is_mixup', 'true', '--batch_size', '64',
                      '--bt_loss', 'global']).precision == 'auto'
     assert get_args(['--dataset', 'cifar10']).precision == 'auto'  # bf16 on CUDA where supported
+
+
+def test_under_fp16_the_reference_loss_runs_in_autocast_as_the_original(monkeypatch):
+    """The original ImageNet script's autocast covered its loss: C was an fp16 matmul. Elsewhere
+    every loss runs in float32 outside autocast."""
+    import torch
+
+    from mixbt import losses
+    from mixbt.config import get_args
+    from mixbt.methods import METHODS
+    from test_baselines import images
+    from test_methods import TinyEmbedder
+    seen = []
+    real = losses.cross_correlation
+    monkeypatch.setattr(losses, 'cross_correlation', lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    for argv, dtype in ((['--dataset', 'imagenet'], torch.float16),
+                        (['--dataset', 'imagenet', '--precision', 'bf16'], torch.float32),
+                        (['--dataset', 'cifar10'], torch.float32)):
+        args = get_args(argv + ['--is_mixup', 'true', '--batch_size', '16', '--ref_world_size', '2'])
+        method = METHODS[args.method].build(args, TinyEmbedder(emb=6))
+        with torch.autocast('cpu', dtype=torch.float16):
+            method(images(n=16))
+        assert seen[-1].dtype == dtype, argv

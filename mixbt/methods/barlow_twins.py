@@ -1,5 +1,7 @@
 """Barlow Twins, HSIC and Mixed Barlow Twins: one class, the mixup regulariser and the off-diagonal
 target as options (docs/protocol.md section 1)."""
+from contextlib import nullcontext
+
 import numpy as np
 import torch
 
@@ -79,10 +81,13 @@ class BarlowTwins(Method):
     @classmethod
     def build(cls, args, model):
         cls.check_processes(args, D.world_size())
-        return cls(model, args.lmbda, corr_neg_one=args.corr_neg_one, is_mixup=args.is_mixup,
-                   mixup_loss_scale=args.mixup_loss_scale, mixup_warmup_epochs=args.mixup_warmup_epochs,
-                   seed=args.seed, fuse_views=args.fuse_views, bt_loss=args.bt_loss or 'global',
-                   ref_groups=args.ref_world_size or 1, batch_size=args.batch_size)
+        method = cls(model, args.lmbda, corr_neg_one=args.corr_neg_one, is_mixup=args.is_mixup,
+                     mixup_loss_scale=args.mixup_loss_scale, mixup_warmup_epochs=args.mixup_warmup_epochs,
+                     seed=args.seed, fuse_views=args.fuse_views, bt_loss=args.bt_loss or 'global',
+                     ref_groups=args.ref_world_size or 1, batch_size=args.batch_size)
+        # The original ImageNet script autocast its loss too: under fp16 its C was an fp16 matmul.
+        method.loss_in_autocast = args.bt_loss == 'imagenet_reference' and args.precision == 'fp16'
+        return method
 
     def __init__(self, model, lmbda, corr_neg_one=False, is_mixup=True, mixup_loss_scale=4.0,
                  mixup_warmup_epochs=0.0, seed=0, fuse_views=True, bt_loss='global', ref_groups=8, batch_size=None):
@@ -94,6 +99,7 @@ class BarlowTwins(Method):
         self.mixup_warmup_epochs = mixup_warmup_epochs
         self.bt_loss, self.ref_groups, self.batch_size = bt_loss, ref_groups, batch_size
         self.alpha_rng = np.random.default_rng(seed)
+        self.loss_in_autocast = False  # build(): True for the reference loss under --precision fp16
         self.configure_bn()
 
     def embedding_views(self):
@@ -133,7 +139,7 @@ class BarlowTwins(Method):
         if reference:
             groups = groups_per_process(self.ref_groups, D.world_size(), z[0].shape[0])
             n = self.batch_size or z[0].shape[0] * D.world_size()
-        with full_precision(z[0]):
+        with (nullcontext() if self.loss_in_autocast else full_precision(z[0])):
             if reference:
                 za, zb, *zm = [losses.group_standardize(v, groups) for v in z]
                 c = losses.cross_correlation(za, zb, n)
