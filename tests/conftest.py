@@ -1,5 +1,4 @@
 import os
-import sys
 
 import pytest
 import torch
@@ -9,6 +8,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault('WANDB_MODE', 'disabled')
 # Under pytest-xdist (pytest.ini: -n 2) each of the 2 workers takes one core; alone, a run takes two.
 torch.set_num_threads(1 if os.environ.get('PYTEST_XDIST_WORKER') else min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """Many small tensor ops: one thread avoids OpenMP hand-offs (slow on a busy 2-core box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

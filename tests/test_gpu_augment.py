@@ -33,13 +33,7 @@ INTERP = {'bilinear': T.InterpolationMode.BILINEAR, 'bicubic': T.InterpolationMo
 SOURCE = {'cifar10': 32, 'cifar100': 32, 'fashionmnist': 32, 'stl10': 96, 'tiny_imagenet': 64}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Many small tensor ops: one thread avoids OpenMP hand-offs (slow on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_thread')  # conftest.one_thread
 
 
 def ks_statistic(a, b):

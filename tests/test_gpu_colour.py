@@ -12,12 +12,7 @@ from mixbt import gpu_colour as C
 from test_gpu_augment import params, smooth_images, views_of
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_thread')  # conftest.one_thread
 
 
 def pil_uint8(img):

@@ -9,26 +9,16 @@ import time
 
 import pytest
 
-import fakedata
 import main
 from mixbt.config import applicable_settings, get_args
 from mixbt.errors import MixBTError
 from mixbt.runs import fixed_name
 
-TINY = ['--visuals', 'false', '--dataset', 'cifar10', '--arch', 'resnet18', '--feature_dim', '16', '--batch_size',
-        '8', '--subset', '16', '--workers', '0', '--knn_every', '0', '--save_every', '0', '--k', '5',
-        '--lmbda', '0.0078125', '--is_mixup', 'true']
-
-
-@pytest.fixture(scope='module')
-def cifar_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp('identity-data')
-    fakedata.write_cifar(str(root), n_train=16, n_test=8)
-    return str(root)
+from test_faults import TINY, cifar_root, common  # noqa: F401 (cifar_root: the same tiny fixture)
 
 
 def run(cifar_root, results, *extra):
-    return main.main(TINY + ['--data_root', cifar_root, '--results_dir', str(results), *extra])
+    return main.main(common(cifar_root, results, *extra))
 
 
 # ------------------------------------------------------------------ a finished run and a changed setting
