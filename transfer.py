@@ -25,7 +25,8 @@ from mixbt.errors import MixBTError
 from mixbt.identity import file_sha256
 from mixbt.runs import check_writable
 from mixbt.probe import frozen_probe
-from mixbt.transfer_data import TRANSFER, load_transfer
+from mixbt.transfer_data import TRANSFER
+from mixbt.transfer_readers import load_transfer
 from mixbt.runtime import autocast_dtype, run_command, seed_everything
 
 

@@ -1,5 +1,5 @@
-"""The probe shared by linear.py and transfer.py: a linear classifier on a frozen (or, for
-ImageNet semi-supervised evaluation, fine-tuned) backbone.
+"""The probe's training shared by linear.py and transfer.py: a linear classifier on a frozen (or,
+for ImageNet semi-supervised evaluation, fine-tuned) backbone, trained and tested epoch by epoch.
 
 The frozen backbone's BatchNorm (--probe_bn): `train`, the original linear.py and
 evaluate_transfer.py, which call net.train() while the classifier trains (batch statistics, and
@@ -7,14 +7,10 @@ the running statistics overwritten by the probe's training batches; the weights 
 net.eval() for the test pass; or `eval`, where the statistics never change and inputs that are not
 augmented are embedded once, the classifier training on the cached features. Under torchrun every
 rank takes part in every step and the gradients equal one process's on the global batch
-(run_epoch). Run folders follow runs.py; a saved probe is continued, and its result reused, only
-by a command with the same identity (probe_identity: the backbone file's content and every
-setting that is not free).
+(run_epoch). The run folder, and when a saved probe is continued, are probe_runs.py's.
 """
-import contextlib
 import math
 import os
-import shutil
 import time
 
 import torch
@@ -25,10 +21,9 @@ from tqdm import tqdm
 from mixbt import distributed as D
 from mixbt.checkpoints import atomic_save
 from mixbt.errors import MixBTError
-from mixbt.runlog import RunLog
-from mixbt.identity import IdentityMismatch, check_resume, differences, file_sha256, settings, write_json
-from mixbt.runs import RunFolder
-from mixbt.runtime import backward_step, grad_scaler, install_requeue_handler, rng_state, set_rng_state
+from mixbt.identity import write_json
+from mixbt.probe_runs import folder_held, open_run, probe_identity
+from mixbt.runtime import backward_step, grad_scaler, rng_state, set_rng_state
 
 
 def format_time(seconds):
@@ -163,68 +158,6 @@ def run_epoch(forward, batches, device, optimizer=None, amp_dtype=None, desc='',
     loss_sum, top1, top5, n = sums.tolist()
     n = max(n, 1)
     return loss_sum / n, 100 * top1 / n, 100 * top5 / n
-
-
-# Flags that may change when a run is continued: where things live and how fast it runs (a
-# folder's images in memory or streamed), not what it computes. Any other difference means the folder holds another evaluation. The backbone
-# file is named by its content (model_sha256), not by its path.
-RESUME_FREE_ARGS = ('resume', 'run_name', 'results_dir', 'data_root', 'model_path', 'workers', 'gpu', 'download',
-                    'print_freq', 'wandb_group', 'screen', 'precision', 'skip_bad_images', 'model_sha256',
-                    'max_memory_gb')
-
-
-def probe_identity(args):
-    """What a probe's result is computed from: the content of the backbone file and every setting
-    that is not free (RESUME_FREE_ARGS)."""
-    ident = settings(args, [k for k in vars(args) if k not in RESUME_FREE_ARGS])
-    ident['model_sha256'] = getattr(args, 'model_sha256', None) or file_sha256(args.model_path)
-    return ident
-
-
-def is_probe_state(saved):
-    return isinstance(saved, dict) and 'fc' in saved and 'epoch' in saved
-
-
-def check_saved_backbone(saved, args, where):
-    """A saved probe is continued only on the backbone it was trained on, byte for byte."""
-    if file_sha256(args.model_path) != args.model_sha256:
-        raise MixBTError(f'{args.model_path} was rewritten while this command read it (a pretraining run saving a '
-                         f'better model?): run the command again')
-    recorded = (saved.get('identity') or {}).get('model_sha256')
-    if recorded != args.model_sha256:
-        why = (f'{saved.get("model_file") or "its backbone"} had sha256 {recorded[:12]}..., {args.model_path} now has '
-               f'{args.model_sha256[:12]}... (rewritten since?)' if recorded else 'it records no sha256 of its backbone')
-        raise IdentityMismatch(f'{where} continues a probe of another backbone file: {why}. Give this probe its own '
-                               f'folder (a new --run_name, or --checkpoint-dir for evaluate_imagenet.py), or delete '
-                               f'{os.path.dirname(where)} to start it afresh')
-
-
-def open_run(args, prefix, project, wandb_group=None, wandb_name=None):
-    """(run folder, saved state or None, RunLog) of a probe run, its folder locked (runs.RunFolder).
-    A run folder is continued only by the same evaluation (probe_identity)."""
-    if getattr(args, 'model_sha256', None) is None:
-        args.model_sha256 = file_sha256(args.model_path)
-    folder = RunFolder(args, 'checkpoint.pth', suffix=prefix, is_state=is_probe_state,
-                       what='a probe checkpoint written by linear.py/transfer.py').acquire()
-    try:
-        saved = folder.read_state()
-        if saved is not None:
-            check_resume(saved.get('args') or {}, args, RESUME_FREE_ARGS, (), folder.resume_path)
-            check_saved_backbone(saved, args, folder.resume_path)
-            diffs = differences(saved.get('identity') or {}, probe_identity(args))
-            if diffs:  # a setting the saved args did not record (written by an older version)
-                raise IdentityMismatch(f'{folder.resume_path} holds another probe ({", ".join(diffs[:4])}): give '
-                                       f'this one its own folder (a new --run_name)')
-        if 'SLURM_JOB_ID' in os.environ:
-            install_requeue_handler(os.path.join(folder.path, 'checkpoint.pth'))
-        log = RunLog(folder.path, prefix, args, project, folder.run_id, resume=saved is not None,
-                     history=saved['history'] if saved else None,
-                     plot_keys=(('train_loss', 'test_loss'), ('train_acc@1', 'test_acc@1', 'test_acc@5')),
-                     wandb_group=wandb_group, wandb_name=wandb_name)
-    except BaseException:
-        folder.release(failed=True)
-        raise
-    return folder, saved, log
 
 
 def bn_buffers(probe):
@@ -363,23 +296,6 @@ def frozen_probe(args, *, backbone, emb, num_classes, train_ds, train_is_augment
     with folder_held(folder):
         return _frozen_fit(args, probe, folder, saved, log, train_ds, train_is_augmented, test_ds, device, amp,
                            optimizer_fn, scheduler_fn)
-
-
-@contextlib.contextmanager
-def folder_held(folder):
-    """The run folder's lock, released at the end. A folder this run made and left without a
-    checkpoint.pth holds nothing of value (its args.json at most): a failed start, removed."""
-    try:
-        yield folder
-    except BaseException:
-        if folder.created and not os.path.isfile(os.path.join(folder.path, 'checkpoint.pth')):
-            for name in os.listdir(folder.path):
-                if name != '.lock':
-                    path = os.path.join(folder.path, name)
-                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-        folder.release(failed=True)
-        raise
-    folder.release()
 
 
 def _frozen_fit(args, probe, folder, saved, log, train_ds, train_is_augmented, test_ds, device, amp, optimizer_fn,

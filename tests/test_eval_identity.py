@@ -15,7 +15,7 @@ import fake_transfer
 import fakedata
 import linear
 import transfer
-from mixbt import data, identity, knn, probe
+from mixbt import data, identity, knn, probe, probe_runs
 from mixbt.errors import MixBTError
 from test_eval import kill_in_second_epoch, released_checkpoint
 from test_evaluate import count_calls, independent_knn, read_csv
@@ -61,13 +61,13 @@ def test_probe_identity_is_the_backbone_content_and_the_settings_that_define_the
     path.write_bytes(b'one')
     args = argparse.Namespace(model_path=str(path), epochs=3, seed=0, probe_bn='train', workers=2, run_name='a',
                               data_root='x', precision='auto')
-    first = probe.probe_identity(args)
+    first = probe_runs.probe_identity(args)
     assert first == {'epochs': 3, 'seed': 0, 'probe_bn': 'train', 'model_sha256': identity.file_sha256(str(path))}
-    assert probe.probe_identity(argparse.Namespace(**{**vars(args), 'workers': 0, 'run_name': 'b'})) == first
-    assert probe.probe_identity(argparse.Namespace(**{**vars(args), 'probe_bn': 'eval'})) != first
+    assert probe_runs.probe_identity(argparse.Namespace(**{**vars(args), 'workers': 0, 'run_name': 'b'})) == first
+    assert probe_runs.probe_identity(argparse.Namespace(**{**vars(args), 'probe_bn': 'eval'})) != first
     os.utime(path, ns=(1, 1))
     path.write_bytes(b'two')  # the same path, another content
-    assert probe.probe_identity(args)['model_sha256'] != first['model_sha256']
+    assert probe_runs.probe_identity(args)['model_sha256'] != first['model_sha256']
 
 
 def fake_epochs(monkeypatch, losses):

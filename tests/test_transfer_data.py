@@ -12,9 +12,10 @@ from PIL import Image
 from mixbt import data
 import fake_transfer
 import fakedata
-from mixbt import transfer_data
+from mixbt import transfer_readers
 from mixbt.errors import MixBTError
-from mixbt.transfer_data import TRANSFER, load_transfer
+from mixbt.transfer_data import TRANSFER
+from mixbt.transfer_readers import load_transfer
 
 
 def rgb(path):
@@ -292,7 +293,7 @@ def load(name, root, train):
 def test_aircraft_box_file_values_are_kept_as_they_are(tmp_path):
     path = tmp_path / 'images_box.txt'
     path.write_text('1025794 1 1 10 20\n\n0056978 116 149 914 432\n')
-    assert transfer_data.aircraft_boxes(str(path)) == {'1025794': (1, (1, 1, 10, 20)),
+    assert transfer_readers.aircraft_boxes(str(path)) == {'1025794': (1, (1, 1, 10, 20)),
                                                        '0056978': (3, (116, 149, 914, 432))}
 
 
