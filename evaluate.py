@@ -43,9 +43,11 @@ from mixbt.eval_table import write_tables
 from mixbt.checkpoints import load_backbone, read_checkpoint, resolve_dataset_arg
 from mixbt.errors import MixBTError
 from mixbt.identity import check_resume, differences, file_sha256, read_json, settings, stale_note, write_json
-from mixbt.probe import format_time, probe_identity
+from mixbt.probe import format_time
+from mixbt.probe_runs import probe_identity
 from mixbt.runs import Lock, check_writable
-from mixbt.transfer_data import TRANSFER, load_transfer
+from mixbt.transfer_data import TRANSFER
+from mixbt.transfer_readers import load_transfer
 from mixbt.runtime import autocast_dtype, run_command
 
 # Settings that may change between two runs on one evaluation folder: where things are and how
@@ -160,7 +162,7 @@ def resolve(args):
 def plan(args):
     """The parts of this evaluation: [(part name, task, data set)]."""
     spec = datasets.spec_of(args)
-    if not spec.in_memory:  # ImageNet: linear only
+    if spec.protocol == 'imagenet':  # linear only, as the original's ImageNet evaluation
         return [('linear', 'linear', args.dataset)]
     if spec.streamed:  # the kNN monitor takes the images in memory (main() says so)
         return ([('linear', 'linear', args.dataset)]
@@ -268,7 +270,7 @@ def open_folder(args):
 # ---------------------------------------------------------------------------- what was computed before
 def part_identity(args, part, task):
     """What a part's result is computed from (mixbt/identity.py): the checkpoint's content and the
-    settings that define the part; a probe's is the one its program records (probe.probe_identity)."""
+    settings that define the part; a probe's is the one its program records (probe_runs.probe_identity)."""
     if task == 'knn':
         return {'model_sha256': args.model_sha256, **settings(args, KNN_KEYS)}
     return probe_identity((linear if task == 'linear' else transfer).get_args(probe_argv(args, part)))
@@ -308,7 +310,7 @@ def take_stock(args, parts):
             if part != 'knn':
                 shutil.rmtree(os.path.join(args.eval_dir, part))
     named = {part for part, _, _ in parts}
-    for name in TRANSFER if datasets.spec_of(args).in_memory else ():
+    for name in TRANSFER if datasets.spec_of(args).protocol == 'small' else ():
         part = f'transfer_{name}'
         if part in named or not os.path.isfile(part_results_path(args, part)):
             continue

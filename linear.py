@@ -27,7 +27,8 @@ from mixbt.checkpoints import load_backbone, resolve_dataset_arg
 from mixbt.errors import MixBTError
 from mixbt.identity import file_sha256
 from mixbt.runs import check_writable
-from mixbt.probe import Probe, fit, folder_held, frozen_probe, image_batches, open_run, wrap_ddp
+from mixbt.probe import Probe, fit, frozen_probe, image_batches, wrap_ddp
+from mixbt.probe_runs import folder_held, open_run
 from mixbt.runtime import autocast_dtype, grad_scaler, run_command, seed_everything
 
 SIMCLR_SUBSETS = 'https://raw.githubusercontent.com/google-research/simclr/master/imagenet_subsets/{}percent.txt'
@@ -80,7 +81,7 @@ def get_args(argv=None):
     folder_data.require(spec, 'linear.py')
     if args.dataset == datasets.FOLDER:  # its files: a probe is continued or reused only on the same images
         args.folder_identity = spec.identity
-    imagenet = not spec.in_memory
+    imagenet = spec.protocol == 'imagenet'
     for key, value in (('batch_size', 256 if imagenet else 512), ('epochs', 100 if imagenet else 200),
                        ('weight_decay', 1e-6 if imagenet else 5e-6)):
         if getattr(args, key) is None:
@@ -166,10 +167,11 @@ def subset_samples(train_ds, names, percent):
 
 def imagenet_eval(args, device, amp):
     from torchvision import transforms as T
-    normalize = augment.normalize('imagenet')
+    normalize = augment.normalize(args.dataset)
     train_tf = T.Compose([T.RandomResizedCrop(args.image_size), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
-    train_ds = datasets.imagenet_folder(args.data_root, 'train', train_tf, skip_bad=args.skip_bad_images)
-    val_ds = datasets.imagenet_folder(args.data_root, 'val', augment.eval_transform('imagenet', args.image_size))
+    train_ds = datasets.image_folder(args.dataset, args.data_root, 'train', train_tf, skip_bad=args.skip_bad_images)
+    val_ds = datasets.image_folder(args.dataset, args.data_root, 'val',
+                                   augment.eval_transform(args.dataset, args.image_size))
     if args.train_percent in (1, 10):
         train_ds.samples = subset_samples(train_ds, subset_list(args), args.train_percent)
         train_ds.targets = [t for _, t in train_ds.samples]
@@ -177,8 +179,9 @@ def imagenet_eval(args, device, amp):
     if args.subset:
         train_ds = torch.utils.data.Subset(train_ds, range(min(args.subset, len(train_ds))))
         val_ds = torch.utils.data.Subset(val_ds, range(min(args.subset, len(val_ds))))
-    backbone, emb, arch = load_backbone(args.model_path, 'imagenet', args.arch)
+    backbone, emb, arch = load_backbone(args.model_path, args.dataset, args.arch)
     images = {'train_images': len(train_ds), 'test_images': len(val_ds)}
+    num_classes = datasets.spec_of(args).num_classes
 
     def fc_init(fc):  # official evaluate.py
         fc.weight.data.normal_(mean=0.0, std=0.01)
@@ -191,16 +194,16 @@ def imagenet_eval(args, device, amp):
         return torch.optim.SGD(groups, lr=0, momentum=0.9, weight_decay=args.weight_decay)
     scheduler_fn = lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs)
     stem = os.path.splitext(os.path.basename(args.model_path))[0]
-    project = 'Barlow-Twins-MixUp-Linear-imagenet-resnet50'
+    project = f'Barlow-Twins-MixUp-Linear-{args.dataset}-resnet50'
     if args.weights == 'freeze':
-        result = frozen_probe(args, backbone=backbone, emb=emb, num_classes=1000, train_ds=train_ds,
+        result = frozen_probe(args, backbone=backbone, emb=emb, num_classes=num_classes, train_ds=train_ds,
                               train_is_augmented=True, test_ds=val_ds, device=device, amp=amp,
                               optimizer_fn=optimizer_fn, scheduler_fn=scheduler_fn, prefix=f'{stem}_linear',
                               project=project, fc_init=fc_init)
         report_skipped(args, train_ds, device)
         return result
     # Semi-supervised fine-tuning: the backbone trains too (BatchNorm in train mode).
-    probe = Probe(backbone, emb, 1000, freeze=False)
+    probe = Probe(backbone, emb, num_classes, freeze=False)
     fc_init(probe.fc)
     probe.to(device)
     folder, saved, log = open_run(args, f'{stem}_semisup{args.train_percent}', project)
@@ -252,14 +255,14 @@ def main(argv=None):
     args = get_args(argv)
     check_writable(args.results_dir)
     # The backbone's identity, taken before it is read: a probe is continued (and its result reused)
-    # only on the same content (probe.probe_identity).
+    # only on the same content (probe_runs.probe_identity).
     args.model_sha256 = file_sha256(args.model_path) if os.path.isfile(args.model_path) else None
     device = D.init_distributed(args.gpu)
     seed_everything(args.seed + D.rank())
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
     amp = autocast_dtype(args.precision, device)
-    if not datasets.spec_of(args).in_memory:
+    if datasets.spec_of(args).protocol == 'imagenet':
         return imagenet_eval(args, device, amp)
     return small_eval(args, device, amp)
 

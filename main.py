@@ -179,7 +179,7 @@ class Trainer:
         method = METHODS[args.method].build(args, self.model)
         if D.is_main():
             print_config(args, device)
-            counted = profile(self.model, args.image_size if not self.spec.in_memory else self.spec.size)
+            counted = profile(self.model, args.image_size if self.spec.protocol == 'imagenet' else self.spec.size)
             if counted:
                 print(f'# Model Params: {counted[1]} FLOPs: {counted[0]}')
             if self.k != args.k:
@@ -318,7 +318,7 @@ class Trainer:
             atomic_save(self.model.state_dict(), os.path.join(self.run_dir, f'{self.prefix}_model_{epoch}.pth'))
         if self.memory is None and last:
             atomic_save(self.model.state_dict(), self.model_path)
-        if last and not self.spec.in_memory:  # torchvision layout without fc: the released format (resnet50.pth)
+        if last and self.spec.protocol == 'imagenet':  # torchvision layout without fc: the released format (resnet50.pth)
             atomic_save(plain_batchnorm(copy.deepcopy(self.model.backbone)).state_dict(),
                         os.path.join(self.run_dir, f'{args.arch}.pth'))
         state.update(best_acc=self.best, history=self.log.history)

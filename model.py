@@ -67,8 +67,8 @@ def build_model(args):
     """The model of a pretraining run, from the data set's registry row."""
     from mixbt.data import spec_of
     spec = spec_of(args.dataset)  # a folder: the row this command resolved (data.spec_of(args))
-    if not spec.in_memory:
-        return ImageNetModel(args.projector or '8192-8192-8192', args.arch)
+    if spec.protocol == 'imagenet':
+        return ImageNetModel(args.projector or spec.projector, args.arch)
     return Model(args.feature_dim, args.arch, spec.maxpool, projector=getattr(args, 'projector', None),
                  hidden_bias=head_hidden_bias(getattr(args, 'method', None)), imagenet_stem=spec.imagenet_stem)
 

@@ -67,7 +67,7 @@ def ssl_views(name, image_size=224, pipeline='mixbt'):
     """The per-view transforms for SSL training under --pipeline (`image_size`: the ImageNet crop size)."""
     stats = select_pipeline(name, pipeline)
     recipe = stats.recipe
-    if not spec_of(name).in_memory:
+    if spec_of(name).protocol == 'imagenet':  # crops of --image_size
         recipe = dataclasses.replace(recipe, size=image_size)
     return build_views(recipe, stats.mean, stats.std)
 
@@ -82,7 +82,7 @@ def eval_geometry(name, image_size=224):
     spec = spec_of(name)
     if not spec.eval_resize:
         return T.Lambda(lambda img: img)
-    if not spec.in_memory:  # ImageNet: Resize(256/224 of the crop) + CenterCrop(crop), bilinear
+    if spec.protocol == 'imagenet':  # Resize(256/224 of the crop) + CenterCrop(crop), bilinear
         return T.Compose([T.Resize(image_size * spec.eval_resize // spec.size), T.CenterCrop(image_size)])
     return T.Compose([T.Resize(spec.eval_resize, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(spec.size)])
 

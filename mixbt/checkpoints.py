@@ -377,7 +377,7 @@ def load_backbone(path, dataset, arch=None, state=None):
     state = state_dict_of(read_checkpoint(path) if state is None else state, path)
     spec = spec_of(dataset)  # a folder: the row this command resolved (its --image_size picks the stem)
     if any(k.startswith('f.') for k in state):
-        if not spec.in_memory:
+        if spec.protocol == 'imagenet':
             raise CheckpointError(f'{path} holds a small-data backbone (keys f.*); it cannot be used for {dataset!r}')
         found_arch, stem = infer_small_variant(state)
         if arch is not None and arch != found_arch:
@@ -393,7 +393,7 @@ def load_backbone(path, dataset, arch=None, state=None):
         heads = {k: v for k, v in state.items() if not k.startswith('backbone.')}
         state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
     if 'conv1.weight' in state and state['conv1.weight'].shape[-1] == 7:
-        if spec.in_memory:
+        if spec.protocol == 'small':
             raise CheckpointError(f'{path} holds an ImageNet ResNet (7x7 stem); evaluate it with --dataset imagenet, '
                                   f'not {dataset!r}')
         found_arch = 'resnet50' if 'layer1.0.conv3.weight' in state else 'resnet18'
@@ -405,7 +405,7 @@ def load_backbone(path, dataset, arch=None, state=None):
         state = {k: v for k, v in state.items() if not k.startswith('fc.')}
         load_strict(backbone, state, f'{path} (torchvision ResNet)')
         return backbone, EMBEDDING_SIZE[found_arch], found_arch
-    expected = small_backbone(arch or 'resnet18', spec.maxpool if spec.in_memory else False).state_dict()
+    expected = small_backbone(arch or 'resnet18', spec.maxpool if spec.protocol == 'small' else False).state_dict()
     missing, unexpected, shapes = compare_state({f'f.{k}': v for k, v in expected.items()}, state)
     raise CheckpointError(f'{path} is neither a small-data Model (f.*/g.*) nor a torchvision ResNet state dict: '
                           + _format_problems(missing, unexpected, shapes))

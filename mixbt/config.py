@@ -164,14 +164,10 @@ def resolve_args(args, explicit=()):
     resolve_aug(args, spec)
     if args.precision == 'auto' and getattr(args, 'bt_loss', None) == 'imagenet_reference':
         args.precision = 'fp16'  # the original ImageNet script: autocast (fp16) with a GradScaler
-    if args.optimizer is None:
-        args.optimizer = 'adam' if spec.in_memory else 'lars'
-    if args.weight_decay is None:
-        args.weight_decay = 1e-6
-    if not spec.in_memory and args.projector is None:
-        args.projector = '8192-8192-8192'
-    for key, value in (('lr', 1e-3), ('lr_shed', 'step' if spec.in_memory else 'cosine_exact'),
-                       ('warmup_epochs', 10.0), ('warmup_steps', 0), ('ref_world_size', 1)):
+    # The data set's row states its recipe (data.Spec: optimizer, lr_shed, projector); then the general defaults.
+    for key, value in (('optimizer', spec.optimizer), ('lr_shed', spec.lr_shed), ('projector', spec.projector or None),
+                       ('weight_decay', 1e-6), ('lr', 1e-3), ('warmup_epochs', 10.0), ('warmup_steps', 0),
+                       ('ref_world_size', 1)):
         if getattr(args, key) is None:
             setattr(args, key, value)
     check_args(args)
@@ -238,7 +234,7 @@ def applicable_settings(args):
         ({'warmup_steps'} if cosine else {'warmup_epochs'})
     if args.dataset != datasets.FOLDER:
         skip |= {'folder_labels', 'max_memory_gb'}
-        if datasets.SPECS[args.dataset].in_memory:
+        if datasets.SPECS[args.dataset].protocol != 'imagenet':  # crops of --image_size: the ImageNet code's
             skip |= {'image_size'}
     return {k: v for k, v in sorted(vars(args).items()) if k not in skip and v is not None}
 

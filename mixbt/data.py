@@ -50,6 +50,8 @@ IMAGENET_VIEWS = Recipe(224, kernel='bicubic', jitter=(0.4, 0.4, 0.2, 0.1), blur
 
 @dataclass(frozen=True)
 class Spec:
+    """A data set's row: what it is, how it is read, and which recipe trains and evaluates it.
+    Rows are written with keyword arguments; the recipe fields default to the small-data protocol."""
     size: int             # training resolution
     maxpool: bool         # the backbone keeps the ResNet max-pool (64 px inputs) or drops it (32 px)
     size_class: str       # '32px' | '64px' | 'imagenet': which column of a method's recipe applies
@@ -65,9 +67,20 @@ class Spec:
     labelled: bool = True  # False: a folder of unlabelled images (pretraining only)
     streamed: bool = False  # the reader returns images decoded on access (formats.LazyImages), not an array
     identity: str = ''    # what a resolved row was built from (a folder's files, the image size); '' for static rows
+    # ---- the recipe (docs/protocol.md): 'small' is the CIFAR-style code (Model with f.*/g.* heads and
+    # --feature_dim, views at `size`, the kNN monitor, the small linear probe, transfer); 'imagenet' the
+    # ImageNet code (torchvision ResNet + --projector MLP, crops of --image_size, the ImageNet linear and
+    # semi-supervised probes, the backbone exported in torchvision's layout).
+    protocol: str = 'small'
+    optimizer: str = 'adam'   # the --optimizer default
+    lr_shed: str = 'step'     # the --lr_shed default
+    projector: str = ''       # the --projector default ('': the small-data projector of --feature_dim)
+    ref_world_size: int = 0   # GPUs of the original's released runs, whose per-GPU Barlow Twins loss is the
+    #                           family's default here (--bt_loss imagenet_reference); 0: none
 
     @property
     def in_memory(self):
+        """Read into memory by `reader` (ArrayData, or images decoded on access), not an image folder."""
         return self.reader is not None
 
     @property
@@ -344,17 +357,18 @@ def load_fashionmnist(root, split, download=False):
     return ArrayData(grey_to_rgb(images, 32), labels, list(FASHION_CLASSES))
 
 
-# ---------------------------------------------------------------- ImageNet
-def imagenet_folder(root, split, transform=None, skip_bad=False):
-    """The ImageFolder of root/split (CheckedImageFolder: an unreadable image is named, or with
-    skip_bad replaced and counted, see take_skipped_images)."""
+# ---------------------------------------------------------------- ImageNet (an image folder)
+def image_folder(name, root, split, transform=None, skip_bad=False):
+    """The ImageFolder of root/split of the image-folder data set `name` (a row without a reader:
+    ImageNet). CheckedImageFolder: an unreadable image is named, or with skip_bad replaced and
+    counted, see take_skipped_images."""
     folder = os.path.join(root, split)
     if not os.path.isdir(folder):
-        raise not_found('imagenet', root, f'no folder {folder}')
+        raise not_found(name, root, f'no folder {folder}')
     try:
-        return CheckedImageFolder(folder, transform, skip_bad)
+        return CheckedImageFolder(folder, transform, skip_bad, name=name)
     except (FileNotFoundError, RuntimeError) as e:
-        raise not_found('imagenet', root, str(e)) from e
+        raise not_found(name, root, str(e)) from e
 
 
 # ---------------------------------------------------------------- the registry
@@ -379,35 +393,43 @@ def _fashionmnist(root, split, download=False, workers=0, skip_bad=False):
     return load_fashionmnist(root, split, download)
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SPECS = {
-    'cifar10': Spec(32, False, '32px', CIFAR_MEAN, CIFAR_STD, 10, CIFAR_VIEW, ('train', 'train', 'test'),
-                    _cifar('cifar10'),
-                    'cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (CIFAR-10 python version)',
-                    'https://www.cs.toronto.edu/~kriz/cifar.html'),
-    'cifar100': Spec(32, False, '32px', CIFAR_MEAN, CIFAR_STD, 100,  # CIFAR-10 statistics: a reference quirk we keep
-                     CIFAR_VIEW, ('train', 'train', 'test'), _cifar('cifar100'),
-                     'cifar-100-python/{train, test, meta} (CIFAR-100 python version)',
-                     'https://www.cs.toronto.edu/~kriz/cifar.html'),
-    'stl10': Spec(64, True, '64px', (0.43, 0.42, 0.39), (0.27, 0.26, 0.27), 10, VIEW_64PX,
-                  ('train+unlabeled', 'train', 'test'), _stl10,
-                  'stl10_binary/{train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin}',
-                  'https://cs.stanford.edu/~acoates/stl10/', eval_resize=70),
-    'tiny_imagenet': Spec(64, True, '64px', (0.480, 0.448, 0.398), (0.277, 0.269, 0.282), 200, VIEW_64PX,
-                          ('train', 'train', 'val'), _tiny_imagenet,
-                          'tiny-imagenet-200/{wnids.txt, train/<wnid>/images/*.JPEG, '
-                          'val/images/*.JPEG, val/val_annotations.txt} (the official zip, unpacked)',
-                          'http://cs231n.stanford.edu/tiny-imagenet-200.zip'),
-    'fashionmnist': Spec(32, False, '32px', (0.2860,) * 3, (0.3530,) * 3, 10, CIFAR_VIEW, ('train', 'train', 'test'),
-                         _fashionmnist,
-                         'FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] '
-                         '(or apt-get install dataset-fashion-mnist)',
-                         'https://github.com/zalandoresearch/fashion-mnist'),
-    'imagenet': Spec(224, True, 'imagenet', (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1000, IMAGENET_VIEWS,
-                     ('train', 'train', 'val'), None,
-                     '{train,val}/<wnid>/*.JPEG (ImageFolder layout; --data_root is the ImageNet folder itself)',
-                     'https://www.image-net.org', eval_resize=256),
+    'cifar10': Spec(
+        size=32, maxpool=False, size_class='32px', mean=CIFAR_MEAN, std=CIFAR_STD, num_classes=10,
+        recipe=CIFAR_VIEW, splits=('train', 'train', 'test'), reader=_cifar('cifar10'),
+        layout='cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (CIFAR-10 python version)',
+        url='https://www.cs.toronto.edu/~kriz/cifar.html'),
+    'cifar100': Spec(
+        size=32, maxpool=False, size_class='32px', mean=CIFAR_MEAN, std=CIFAR_STD,  # CIFAR-10's: a quirk we keep
+        num_classes=100, recipe=CIFAR_VIEW, splits=('train', 'train', 'test'), reader=_cifar('cifar100'),
+        layout='cifar-100-python/{train, test, meta} (CIFAR-100 python version)',
+        url='https://www.cs.toronto.edu/~kriz/cifar.html'),
+    'stl10': Spec(
+        size=64, maxpool=True, size_class='64px', mean=(0.43, 0.42, 0.39), std=(0.27, 0.26, 0.27), num_classes=10,
+        recipe=VIEW_64PX, splits=('train+unlabeled', 'train', 'test'), reader=_stl10, eval_resize=70,
+        layout='stl10_binary/{train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin}',
+        url='https://cs.stanford.edu/~acoates/stl10/'),
+    'tiny_imagenet': Spec(
+        size=64, maxpool=True, size_class='64px', mean=(0.480, 0.448, 0.398), std=(0.277, 0.269, 0.282),
+        num_classes=200, recipe=VIEW_64PX, splits=('train', 'train', 'val'), reader=_tiny_imagenet,
+        layout='tiny-imagenet-200/{wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, '
+               'val/val_annotations.txt} (the official zip, unpacked)',
+        url='http://cs231n.stanford.edu/tiny-imagenet-200.zip'),
+    'fashionmnist': Spec(
+        size=32, maxpool=False, size_class='32px', mean=(0.2860,) * 3, std=(0.3530,) * 3, num_classes=10,
+        recipe=CIFAR_VIEW, splits=('train', 'train', 'test'), reader=_fashionmnist,
+        layout='FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] '
+               '(or apt-get install dataset-fashion-mnist)',
+        url='https://github.com/zalandoresearch/fashion-mnist'),
+    'imagenet': Spec(
+        size=224, maxpool=True, size_class='imagenet', mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=1000,
+        recipe=IMAGENET_VIEWS, splits=('train', 'train', 'val'), reader=None, eval_resize=256,
+        layout='{train,val}/<wnid>/*.JPEG (ImageFolder layout; --data_root is the ImageNet folder itself)',
+        url='https://www.image-net.org',
+        protocol='imagenet', optimizer='lars', lr_shed='cosine_exact', projector='8192-8192-8192', ref_world_size=8),
 }
-IN_MEMORY = tuple(sorted(n for n, s in SPECS.items() if s.in_memory))  # the small data sets
+IN_MEMORY = tuple(sorted(n for n, s in SPECS.items() if s.in_memory))  # read into memory: the small data sets
 # Your own images (folder_data.py): a row resolved per run from --data_root and --image_size.
 FOLDER = 'folder'
 DATASETS = tuple(sorted([*SPECS, FOLDER]))  # every --dataset choice
@@ -508,7 +530,7 @@ def load(name, root='data', split='train', download=False, workers=0, skip_bad=F
     given (a folder decodes only those); skip_bad: leave out unreadable image files."""
     spec = spec_of(name)
     if not spec.in_memory:
-        raise MixBTError(f'{name} is not an in-memory data set; use imagenet_folder()')
+        raise MixBTError(f'{name} is an image folder, not an in-memory data set; use image_folder()')
     if getattr(spec.reader, 'takes_subset', False):
         return spec.reader(root, split, download, workers, skip_bad=skip_bad, subset=subset)
     d = spec.reader(root, split, download, workers, skip_bad=skip_bad)

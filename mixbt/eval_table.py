@@ -61,7 +61,7 @@ def bn_note(parts, results):
 
 def markdown(args, parts, results, skipped):
     """The paper's layout: one row for the checkpoint; kNN, linear, then each transfer set, '-' where not run."""
-    imagenet = not datasets.spec_of(args).in_memory
+    imagenet = datasets.spec_of(args).protocol == 'imagenet'
     fmt = lambda v: f'{v:.2f}'
     transfers = [(part, name) for part, task, name in parts if task == 'transfer']
     knn_cell = fmt(results['knn']['top1']) if 'knn' in results else '-'

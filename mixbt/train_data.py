@@ -13,8 +13,9 @@ class CPUViews:
         from mixbt import augment
         views = augment.ssl_views(args.dataset, args.image_size, args.pipeline)
         transform = augment.MultiView([views[i % len(views)] for i in range(n_views)])
-        if args.dataset == 'imagenet':
-            self.dataset = datasets.imagenet_folder(args.data_root, 'train', transform, skip_bad=args.skip_bad_images)
+        if not datasets.spec_of(args).in_memory:  # an image folder (ImageNet)
+            self.dataset = datasets.image_folder(args.dataset, args.data_root, 'train', transform,
+                                                 skip_bad=args.skip_bad_images)
         else:
             self.dataset = augment.ArrayDataset(train, transform)
         if args.subset:

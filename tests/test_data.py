@@ -84,7 +84,7 @@ def test_fashion_mnist_system_package_is_found(tmp_path):
 
 def test_imagenet_image_folder(tmp_path):
     fakedata.write_image_folder(str(tmp_path / 'train'))
-    ds = data.imagenet_folder(str(tmp_path), 'train')
+    ds = data.image_folder('imagenet', str(tmp_path), 'train')
     assert len(ds) == 6 and ds.classes == ['n01', 'n02']
 
 
@@ -98,7 +98,7 @@ def test_missing_data_set_names_path_and_layout(tmp_path, name, needle):
 
 def test_missing_imagenet_names_path(tmp_path):
     with pytest.raises(data.DatasetNotFound, match='ImageFolder layout'):
-        data.imagenet_folder(str(tmp_path), 'train')
+        data.image_folder('imagenet', str(tmp_path), 'train')
 
 
 def test_unknown_data_set_is_a_clear_error(tmp_path):

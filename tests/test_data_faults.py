@@ -184,7 +184,7 @@ def to_tensor(img):
 
 def test_unreadable_imagenet_image_in_a_worker_is_one_line_naming_the_file(tmp_path):
     junk, _ = image_folder_with_junk(str(tmp_path))
-    ds = data.imagenet_folder(str(tmp_path), 'train', to_tensor)
+    ds = data.image_folder('imagenet', str(tmp_path), 'train', to_tensor)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, [1]), num_workers=1)
     with pytest.raises(data.BadImage) as e:
         list(loader)
@@ -195,7 +195,7 @@ def test_unreadable_imagenet_image_in_a_worker_is_one_line_naming_the_file(tmp_p
 @pytest.mark.parametrize('context', ['fork', pytest.param('spawn', marks=pytest.mark.slow)])
 def test_skip_bad_replaces_imagenet_images_and_counts_them_across_workers(tmp_path, context):
     bad = image_folder_with_junk(str(tmp_path))
-    ds = data.imagenet_folder(str(tmp_path), 'train', to_tensor, skip_bad=True)
+    ds = data.image_folder('imagenet', str(tmp_path), 'train', to_tensor, skip_bad=True)
     for epoch in range(2 if context == 'fork' else 1):
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(len(ds))), batch_size=2,
                                              num_workers=2, multiprocessing_context=context)
@@ -211,7 +211,7 @@ def test_skip_bad_replaces_imagenet_images_and_counts_them_across_workers(tmp_pa
 
 def test_skip_bad_counts_skips_in_the_main_process_too(tmp_path):
     image_folder_with_junk(str(tmp_path))
-    ds = data.imagenet_folder(str(tmp_path), 'train', skip_bad=True)
+    ds = data.image_folder('imagenet', str(tmp_path), 'train', skip_bad=True)
     assert [ds[i][1] for i in range(len(ds))] == [0, 0, 0, 0, 1, 1, 1, 0]
     assert data.take_skipped_images(ds)[0] == 2
     assert data.take_skipped_images(torch.utils.data.TensorDataset(torch.zeros(1))) == (0, None)
@@ -221,7 +221,7 @@ def test_imagenet_folder_of_only_unreadable_images_is_an_error(tmp_path):
     fakedata.write_image_folder(str(tmp_path / 'train'), classes=('n01',), per_class=2)
     for fn in os.listdir(tmp_path / 'train' / 'n01'):
         fakedata.write_junk_image(str(tmp_path / 'train' / 'n01' / fn))
-    ds = data.imagenet_folder(str(tmp_path), 'train', skip_bad=True)
+    ds = data.image_folder('imagenet', str(tmp_path), 'train', skip_bad=True)
     with pytest.raises(data.BadImage) as e:
         ds[0]
     one_line_error(e, 'none of the 2 images')

@@ -50,12 +50,13 @@ class BarlowTwins(Method):
 
     @classmethod
     def defaults(cls, spec, dataset):
-        """ImageNet: the released runs' loss and update scale: 8 GPUs, each with its own share of the
-        batch (--bt_loss imagenet_reference), whose matrices were summed with a plain all_reduce, so
-        each gradient was 1/8 of the true one (docs/protocol.md sections 1 and 4)."""
-        if spec.in_memory:
+        """A data set whose row names the GPUs of the original's released runs (ImageNet: 8): their
+        loss and update scale, each GPU with its own share of the batch (--bt_loss
+        imagenet_reference), whose matrices were summed with a plain all_reduce, so each gradient
+        was 1/R of the true one (docs/protocol.md sections 1 and 4). Elsewhere the global loss."""
+        if not spec.ref_world_size:
             return {'bt_loss': 'global'}
-        return {'ref_world_size': 8, 'bt_loss': 'imagenet_reference'}
+        return {'ref_world_size': spec.ref_world_size, 'bt_loss': 'imagenet_reference'}
 
     @classmethod
     def resolve(cls, args):

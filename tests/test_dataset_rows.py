@@ -1,0 +1,46 @@
+"""A data set's row states its recipe (data.Spec: protocol, optimizer, lr_shed, projector,
+ref_world_size): the configuration and the model follow the row, never the data set's name or
+whether it is held in memory. A new ImageNet-style row with its own recipe gets that recipe."""
+import dataclasses
+
+import pytest
+
+from mixbt import config
+from mixbt import data as datasets
+import model as models
+
+
+@pytest.fixture
+def subset_row(monkeypatch):
+    """'imagenet_subset': an ImageNet-style image folder of 100 classes with a recipe of its own."""
+    row = dataclasses.replace(datasets.SPECS['imagenet'], num_classes=100, optimizer='sgd', lr_shed='cosine',
+                              projector='2048-2048', ref_world_size=0)
+    monkeypatch.setitem(datasets.SPECS, 'imagenet_subset', row)
+    monkeypatch.setattr(datasets, 'DATASETS', (*datasets.DATASETS, 'imagenet_subset'))
+    return row
+
+
+def test_the_imagenet_row_states_the_original_imagenet_recipe():
+    args = config.get_args(['--dataset', 'imagenet', '--method', 'mixbt'])
+    assert (args.optimizer, args.lr_shed, args.projector) == ('lars', 'cosine_exact', '8192-8192-8192')
+    assert (args.bt_loss, args.ref_world_size) == ('imagenet_reference', 8)
+
+
+def test_a_small_row_keeps_the_small_data_recipe():
+    args = config.get_args(['--dataset', 'cifar10', '--method', 'mixbt'])
+    assert (args.optimizer, args.lr_shed, args.projector) == ('adam', 'step', None)
+    assert (args.bt_loss, args.ref_world_size) == ('global', 1)
+
+
+def test_a_new_row_gets_its_own_recipe_not_imagenets(subset_row):
+    args = config.get_args(['--dataset', 'imagenet_subset', '--method', 'mixbt', '--arch', 'resnet18'])
+    assert (args.optimizer, args.lr_shed, args.projector) == ('sgd', 'cosine', '2048-2048')
+    assert (args.bt_loss, args.ref_world_size, args.precision) == ('global', 1, 'auto')
+    net = models.build_model(args)
+    assert net.projector[-1].out_features == 2048  # the row's projector, not ImageNet's 8192
+
+
+def test_flags_still_override_the_row(subset_row):
+    args = config.get_args(['--dataset', 'imagenet_subset', '--method', 'mixbt', '--optimizer', 'lars',
+                            '--lr_shed', 'step', '--projector', '512-512'])
+    assert (args.optimizer, args.lr_shed, args.projector) == ('lars', 'step', '512-512')
