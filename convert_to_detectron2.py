@@ -1,7 +1,7 @@
 """Write a ResNet-50 backbone in detectron2's format, for the MoCo-style detection transfer
 (github.com/facebookresearch/moco/tree/main/detection):
 
-    python convert_to_detectron2.py checkpoints/3fb1op86_1.0000_8192_1024_imagenet_resnet50.pth r50_mixbt.pkl
+    python3 convert_to_detectron2.py checkpoints/3fb1op86_1.0000_8192_1024_imagenet_resnet50.pth r50_mixbt.pkl
 
 The input is any backbone checkpoints.load_backbone accepts for ImageNet (a torchvision ResNet-50
 state dict, e.g. our resnet50.pth export or the official Barlow Twins file, or a full

@@ -1,8 +1,8 @@
 """The paper's whole evaluation of one checkpoint, in one table (docs/protocol.md sections 5 and 7).
 
-    python evaluate.py checkpoints/4wdhbpcf_0.0078125_1024_256_cifar10_model.pth
-    python evaluate.py results/<run>      # a main.py run folder: its best-kNN <prefix>_model.pth and args.json
-    python evaluate.py results/<run> --epochs 2 --transfer_epochs 2 --subset 512 --no_aug   # a quick look
+    python3 evaluate.py checkpoints/4wdhbpcf_0.0078125_1024_256_cifar10_model.pth
+    python3 evaluate.py results/<run>      # a main.py run folder: its best-kNN <prefix>_model.pth and args.json
+    python3 evaluate.py results/<run> --epochs 2 --transfer_epochs 2 --subset 512 --no_aug   # a quick look
 
 Parts, in this order:
   knn          the weighted kNN monitor (knn.knn_monitor) on the pretraining set's memory and test
@@ -24,7 +24,6 @@ would change a setting of the folder (data set, epochs...) is refused. The probe
 the original's (train mode while the classifier trains); --probe_bn eval is ours. Runs under
 torchrun too (rank 0 writes; the probes split every batch).
 """
-import argparse
 import glob
 import os
 import shutil
@@ -33,6 +32,7 @@ import time
 import torch
 
 from mixbt import augment
+from mixbt import cli_args
 from mixbt import data as datasets
 from mixbt import distributed as D
 from mixbt import folder_data
@@ -61,18 +61,17 @@ KNN_KEYS = ('dataset', 'arch', 'k', 'temperature', 'subset', 'channels_last', 'i
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description='kNN, linear probe and transfer of one checkpoint, in one table',
-                                allow_abbrev=False)
+    p = cli_args.parser('kNN, linear probe and transfer of one checkpoint, in one table')
     a = p.add_argument
     a('checkpoint', metavar='CHECKPOINT_OR_RUN_FOLDER',
       help='a checkpoint (*_model.pth, last.pth, resnet50.pth...) or a main.py run folder (its <prefix>_model.pth)')
     a('--dataset', default=None, choices=datasets.DATASETS,
       help="data set of the kNN monitor and the linear probe (default: the one the checkpoint's name or run "
            "folder names, else cifar10)")
-    a('--arch', default=None, choices=['resnet18', 'resnet50'], help='default: inferred from the checkpoint')
-    a('--data_root', default='data', help='folder holding the data sets and the transfer sets (ImageNet: its folder)')
-    a('--results_dir', default=os.path.join('results', 'eval'), help='the evaluation folder is made here')
-    a('--run_name', default=None, help='evaluation folder name under --results_dir (default: the checkpoint file stem)')
+    cli_args.add_common(p, 'arch', 'data_root', 'results_dir', 'run_name',
+                   data_root=dict(help='folder holding the data sets and the transfer sets (ImageNet: its folder)'),
+                   results_dir=dict(default=os.path.join('results', 'eval'), help='the evaluation folder is made here'),
+                   run_name=dict(help='evaluation folder name under --results_dir (default: the checkpoint file stem)'))
     a('--transfer_datasets', default=list(TRANSFER), nargs='*', choices=list(TRANSFER), metavar='SET',
       help=f'transfer sets to try (default: all of {", ".join(TRANSFER)}; none: no transfer)')
     a('--epochs', default=None, type=int, help='linear-probe epochs (default: linear.py\'s, 200; ImageNet 100)')
@@ -81,27 +80,19 @@ def get_args(argv=None):
       help="linear-probe batch (default: linear.py's, 512; ImageNet 256); also the transfer batch unless "
            "--transfer_batch_size is given")
     a('--transfer_batch_size', default=None, type=int, help="default: --batch_size if given, else transfer.py's, 128")
-    a('--subset', default=0, type=int, help='use only N images of each split in every part (quick runs)')
+    cli_args.add_common(p, 'subset', subset=dict(help='use only N images of each split in every part (quick runs)'))
     a('--no_aug', action='store_true', help='linear probe on un-augmented images (cached features with --probe_bn eval)')
-    a('--probe_bn', default=None, choices=['train', 'eval'],
-      help="the frozen backbone's BatchNorm in every probe: train (the original's; linear.py's and transfer.py's "
-           "default, ImageNet: eval) or eval (ours: statistics never change, features cached where possible)")
+    cli_args.add_common(p, 'probe_bn', probe_bn=dict(
+        default=None, help="the frozen backbone's BatchNorm in every probe: train (the original's; linear.py's and "
+                           "transfer.py's default, ImageNet: eval) or eval (ours: statistics never change, features "
+                           "cached where possible)"))
     a('--k', default=None, type=int, help='kNN neighbours (default: the run\'s --k, else 200)')
     a('--temperature', default=None, type=float, help='kNN temperature (default: the run\'s, else 0.5)')
-    a('--seed', default=0, type=int)
-    a('--workers', default=min(8, os.cpu_count() or 1), type=int, help='data-loader worker processes')
-    a('--gpu', default=0, type=int, help='CUDA device of a single-process run (-1: CPU)')
-    a('--precision', default='auto', choices=['auto', 'fp32', 'bf16', 'fp16'])
+    cli_args.add_common(p, 'seed', 'workers', 'gpu', 'precision')
     folder_data.add_folder_args(p, evaluation=True)
     args = p.parse_args(argv)
-    for key in ('epochs', 'transfer_epochs', 'batch_size', 'transfer_batch_size', 'k'):
-        if getattr(args, key) is not None and getattr(args, key) < 1:
-            raise MixBTError(f'--{key} {getattr(args, key)} must be at least 1')
-    for key in ('subset', 'workers'):
-        if getattr(args, key) < 0:
-            raise MixBTError(f'--{key} {getattr(args, key)} must be >= 0')
-    if args.temperature is not None and not args.temperature > 0:
-        raise MixBTError(f'--temperature {args.temperature} must be a positive number')
+    cli_args.check_ranges(args, at_least_1=('epochs', 'transfer_epochs', 'batch_size', 'transfer_batch_size', 'k'),
+                     non_negative=('subset', 'workers'), positive=('temperature',))
     return args
 
 

@@ -1,7 +1,7 @@
 """Linear evaluation of a pretrained backbone (docs/protocol.md section 5).
 
 Small data sets (the reference linear.py):
-    python linear.py --dataset cifar10 --arch resnet18 --model_path checkpoints/<file>.pth
+    python3 linear.py --dataset cifar10 --arch resnet18 --model_path checkpoints/<file>.pth
 frozen backbone + Linear; Adam 1e-2 decaying exponentially to 1e-6, weight decay 5e-6, 200
 epochs, batch 512, training view = the data set's SSL view. The backbone's BatchNorm as the
 original: train mode while the classifier trains (its running statistics follow the training
@@ -13,13 +13,13 @@ ImageNet (the official Barlow Twins evaluate.py recipe), one process per GPU wit
         --model_path resnet50.pth --lr-classifier 0.3
     ... --weights finetune --train-percent 1 --epochs 20 --lr-backbone 0.005 --lr-classifier 0.5 --weight-decay 0
 """
-import argparse
 import os
 import urllib.request
 
 import torch
 
 from mixbt import augment
+from mixbt import cli_args
 from mixbt import data as datasets
 from mixbt import distributed as D
 from mixbt import folder_data
@@ -35,34 +35,23 @@ SIMCLR_SUBSETS = 'https://raw.githubusercontent.com/google-research/simclr/maste
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description='Linear evaluation', allow_abbrev=False)
+    p = cli_args.parser('Linear evaluation')
     a = p.add_argument
     a('--dataset', default=None, choices=datasets.DATASETS,
       help="data set to evaluate on (default: the one the checkpoint's file name or run folder names, else cifar10)")
-    a('--arch', default=None, choices=['resnet18', 'resnet50'], help='default: inferred from the checkpoint')
-    a('--model_path', required=True, help='pretrained checkpoint (*_model.pth, last.pth, resnet50.pth, ...)')
+    cli_args.add_common(p, 'arch', 'model_path')
     a('--batch_size', '--batch-size', default=None, type=int, help='default 512 (ImageNet: 256)')
     a('--epochs', default=None, type=int, help='default 200 (ImageNet: 100)')
-    a('--data_root', default='data')
-    a('--results_dir', '--checkpoint-dir', default=os.path.join('results', 'linear'), help='run folders are made here')
-    a('--run_name', default=None,
-      help='fixed run folder name under --results_dir; a run restarted with the same name continues from its '
-           'checkpoint.pth automatically (default on SLURM: slurm<job id>_<run>, so a requeued job continues)')
-    a('--seed', default=0, type=int)
-    a('--workers', default=min(8, os.cpu_count() or 1), type=int)
-    a('--gpu', default=0, type=int, help='CUDA device of a single-process run (-1: CPU)')
+    cli_args.add_common(p, 'data_root', 'results_dir', 'run_name', 'seed', 'workers', 'gpu',
+                   results_dir=os.path.join('results', 'linear'))
     a('--no_aug', action='store_true',
       help='train on un-augmented images (with --probe_bn eval the features are extracted once and cached)')
-    a('--probe_bn', default=None, choices=['train', 'eval'],
-      help="the frozen backbone's BatchNorm while the classifier trains: train (the original linear.py: batch "
-           "statistics, running statistics updated; eval mode at test) or eval (ours: never changed; cached "
-           "features with --no_aug). Default train; ImageNet: eval, as the official evaluate.py")
-    a('--download', action='store_true')
-    a('--skip_bad_images', action='store_true',
-      help='replace unreadable training images (ImageNet) or leave them out (Tiny-ImageNet), with a count')
-    a('--subset', default=0, type=int, help='use only N images of each split')
-    a('--resume', default=None, help='probe run folder (or its checkpoint.pth) to continue')
-    a('--precision', default='auto', choices=['auto', 'fp32', 'bf16', 'fp16'])
+    cli_args.add_common(p, 'probe_bn', probe_bn=dict(
+        default=None, help="the frozen backbone's BatchNorm while the classifier trains: train (the original "
+                           "linear.py: batch statistics, running statistics updated; eval mode at test) or eval "
+                           "(ours: never changed; cached features with --no_aug). Default train; ImageNet: eval, as "
+                           "the official evaluate.py"))
+    cli_args.add_common(p, 'download', 'skip_bad_images', 'subset', 'resume', 'precision')
     # ImageNet (official evaluate.py flags)
     a('--weights', default='freeze', choices=['freeze', 'finetune'])
     # '--train-perc' is how the official README spells it (its parser allows abbreviations; ours does not)
@@ -74,7 +63,11 @@ def get_args(argv=None):
     a('--weight-decay', dest='weight_decay', default=None, type=float, help='default 5e-6 (ImageNet: 1e-6)')
     folder_data.add_folder_args(p, evaluation=True)  # --image_size: also the ImageNet crop size (default 224)
     a('--print-freq', dest='print_freq', default=100, type=int, help='accepted for compatibility')
-    args = resolve_dataset_arg(p.parse_args(argv), datasets.DATASETS)
+    return resolve(resolve_dataset_arg(p.parse_args(argv), datasets.DATASETS))
+
+
+def resolve(args):
+    """The data set's protocol fills the defaults left unset; settings that cannot apply are refused."""
     folder_data.run_settings(args, args.model_path)  # a folder: the pretraining run's size, labels, memory
     args.image_size = args.image_size or 224
     spec = datasets.spec_of(args)  # a folder is read here, before any work
@@ -86,12 +79,7 @@ def get_args(argv=None):
                        ('weight_decay', 1e-6 if imagenet else 5e-6)):
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ('batch_size', 'epochs'):
-        if getattr(args, key) < 1:
-            raise MixBTError(f'--{key} {getattr(args, key)} must be at least 1')
-    for key in ('workers', 'subset', 'weight_decay'):
-        if getattr(args, key) < 0:
-            raise MixBTError(f'--{key} {getattr(args, key)} must be >= 0')
+    cli_args.check_ranges(args, at_least_1=('batch_size', 'epochs'), non_negative=('workers', 'subset', 'weight_decay'))
     if not imagenet:
         given = [f'--{k.replace("_", "-")}' for k in ('lr_classifier', 'lr_backbone') if getattr(args, k) is not None]
         if given:

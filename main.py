@@ -1,6 +1,6 @@
 """Self-supervised pretraining: Mixed Barlow Twins and the methods it is compared with.
 
-    python main.py --dataset cifar10 --arch resnet18 --feature_dim 1024 --lmbda 0.0078125 \
+    python3 main.py --dataset cifar10 --arch resnet18 --feature_dim 1024 --lmbda 0.0078125 \
         --corr_zero --batch_size 256 --epochs 2000 --lr 0.01 --lr_shed cosine \
         --is_mixup true --mixup_loss_scale 4.0
     torchrun --nproc_per_node=8 main.py --dataset imagenet --data_root /path/to/imagenet ...

@@ -1,6 +1,6 @@
 """Transfer evaluation of a small-data backbone on fine-grained data sets (docs/protocol.md section 5).
 
-    python transfer.py --dataset cifar10 --transfer_dataset dtd --arch resnet18 \
+    python3 transfer.py --dataset cifar10 --transfer_dataset dtd --arch resnet18 \
         --model_path checkpoints/4wdhbpcf_0.0078125_1024_256_cifar10_model.pth
 
 Frozen backbone, images resized to the pretraining size (32 for CIFAR, 64 otherwise; a folder:
@@ -11,12 +11,12 @@ With --probe_bn eval it stays in eval mode, and as the inputs are not augmented 
 are extracted once and cached (much faster; torchrun-ready: each process takes its part of
 every global batch, and the result equals one process's). Same probe loop as linear.py.
 """
-import argparse
 import os
 
 import torch
 from torchvision import transforms as T
 
+from mixbt import cli_args
 from mixbt import data as datasets
 from mixbt import distributed as D
 from mixbt import folder_data
@@ -31,44 +31,26 @@ from mixbt.runtime import autocast_dtype, run_command, seed_everything
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description='Transfer evaluation', allow_abbrev=False)
+    p = cli_args.parser('Transfer evaluation')
     a = p.add_argument
     a('--dataset', default=None, choices=[*datasets.IN_MEMORY, datasets.FOLDER],
       help="pretraining data set of the checkpoint (default: the one its file name or run folder names, else cifar10)")
     a('--transfer_dataset', default='dtd', choices=sorted(TRANSFER), help='data set to evaluate on')
-    a('--arch', default=None, choices=['resnet18', 'resnet50'], help='default: inferred from the checkpoint')
-    a('--model_path', required=True)
+    cli_args.add_common(p, 'arch', 'model_path')
     a('--batch_size', default=128, type=int)
     a('--epochs', default=100, type=int)
     a('--lr', default=0.01, type=float)
     a('--milestones', default=[60, 80], type=int, nargs='*', help='epochs where the lr is multiplied by 0.1')
     a('--screen', default=None, help='accepted for compatibility with the original scripts; unused')
     a('--wandb_group', default=None)
-    a('--data_root', default='data')
-    a('--results_dir', default=os.path.join('results', 'transfer'), help='run folders are made here')
-    a('--run_name', default=None,
-      help='fixed run folder name under --results_dir; a run restarted with the same name continues from its '
-           'checkpoint.pth automatically (default on SLURM: slurm<job id>_<run>, so a requeued job continues)')
-    a('--seed', default=0, type=int)
-    a('--workers', default=min(8, os.cpu_count() or 1), type=int)
-    a('--gpu', default=0, type=int)
-    a('--download', action='store_true')
-    a('--subset', default=0, type=int, help='use only N images of each split')
-    a('--resume', default=None, help='probe run folder (or its checkpoint.pth) to continue')
-    a('--precision', default='auto', choices=['auto', 'fp32', 'bf16', 'fp16'])
-    a('--probe_bn', default='train', choices=['train', 'eval'],
-      help="the frozen backbone's BatchNorm while the classifier trains: train (the original: batch statistics, "
-           "running statistics updated; eval mode at test) or eval (ours: never changed; features cached once)")
+    cli_args.add_common(p, 'data_root', 'results_dir', 'run_name', 'seed', 'workers', 'gpu', 'download', 'subset',
+                   'resume', 'precision', 'probe_bn', results_dir=os.path.join('results', 'transfer'))
     a('--flowers_split', default='reference', choices=['reference', 'official'],
       help="vgg_flower: the original's seeded 80/20 split of each class (reference) or setid.mat's train+val/test")
     folder_data.add_folder_args(p, evaluation=True)
     args = resolve_dataset_arg(p.parse_args(argv), [*datasets.IN_MEMORY, datasets.FOLDER])
     folder_data.run_settings(args, args.model_path)  # a folder checkpoint: the size (stem) it was pretrained at
-    for key in ('batch_size', 'epochs'):
-        if getattr(args, key) < 1:
-            raise MixBTError(f'--{key} {getattr(args, key)} must be at least 1')
-    if not args.lr > 0:
-        raise MixBTError(f'--lr {args.lr} must be a positive number')
+    cli_args.check_ranges(args, at_least_1=('batch_size', 'epochs'), non_negative=('workers', 'subset'), positive=('lr',))
     if any(m < 0 for m in args.milestones):
         raise MixBTError(f'--milestones {args.milestones}: epochs must be >= 0')
     return args

@@ -1,7 +1,7 @@
 """What a backbone learned, as two pictures: nearest-neighbour retrievals and a 2-D map of the
 test embeddings (features: knn.embed_images, the kNN monitor's L2-normalised backbone outputs).
 
-    python visualize.py CHECKPOINT [--dataset D] [--data_root data] [--out_dir DIR] [--subset N] [--gpu -1]
+    python3 visualize.py CHECKPOINT [--dataset D] [--data_root data] [--out_dir DIR] [--subset N] [--gpu -1]
 
 writes <checkpoint stem>_retrievals.png and <checkpoint stem>_embedding.png next to the
 checkpoint (or in --out_dir, checked before any image is embedded). A checkpoint in a main.py run
@@ -10,7 +10,6 @@ one embeds every memory and test image unless --subset says fewer. main.py write
 pretraining. The map is a t-SNE (openTSNE) when that package is installed, else an exact PCA;
 its title says which.
 """
-import argparse
 import importlib.util
 import os
 import sys
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from mixbt import augment
+from mixbt import cli_args
 from mixbt import data as datasets
 from mixbt import distributed as D
 from mixbt import folder_data
@@ -172,11 +172,11 @@ def check_projection(method):
     if importlib.util.find_spec('openTSNE') is not None:
         return True
     if method == 'tsne':
-        raise MixBTError(f'the t-SNE map needs openTSNE: pip install {OPENTSNE_PIN} (or choose PCA)')
+        raise MixBTError(f'the t-SNE map needs openTSNE: python3 -m pip install {OPENTSNE_PIN} (or choose PCA)')
     if not _noticed:
         _noticed.append(True)
         print(f'visualize: openTSNE is not installed, so the embedding map is a PCA projection '
-              f'(pip install {OPENTSNE_PIN} for t-SNE)', file=sys.stderr, flush=True)
+              f'(python3 -m pip install {OPENTSNE_PIN} for t-SNE)', file=sys.stderr, flush=True)
     return False
 
 
@@ -316,8 +316,7 @@ RUN_DEFAULTS = {'subset': 0, 'data_root': 'data'}  # without a run folder; with 
 
 def get_args(argv=None):
     from mixbt.checkpoints import resolve_dataset_arg, run_args_of_checkpoint
-    p = argparse.ArgumentParser(description='Nearest-neighbour retrievals and a 2-D embedding map of a checkpoint',
-                                allow_abbrev=False)
+    p = cli_args.parser('Nearest-neighbour retrievals and a 2-D embedding map of a checkpoint')
     a = p.add_argument
     a('model_path', metavar='CHECKPOINT', help='pretrained checkpoint (*_model.pth, last.pth, ...)')
     a('--dataset', default=None, choices=[*datasets.IN_MEMORY, datasets.FOLDER],
@@ -327,13 +326,12 @@ def get_args(argv=None):
     a('--subset', default=None, type=int,
       help="use only the first N images of the memory and test splits (default: the run's own --subset, "
            "else 0 = all of them)")
-    a('--seed', default=0, type=int, help='chooses the queries, the mapped subsample and the t-SNE')
+    cli_args.add_common(p, 'seed', seed=dict(help='chooses the queries, the mapped subsample and the t-SNE'))
     a('--projection', default='auto', choices=['auto', 'tsne', 'pca'],
       help=f'the embedding map: auto = t-SNE when openTSNE is installed ({OPENTSNE_PIN}), else PCA')
-    a('--gpu', default=0, type=int, help='CUDA device (-1: CPU)')
+    cli_args.add_common(p, 'gpu')
     a('--batch_size', default=512, type=int)
-    a('--workers', default=min(8, os.cpu_count() or 1), type=int)
-    a('--download', action='store_true')
+    cli_args.add_common(p, 'workers', 'download')
     folder_data.add_folder_args(p, evaluation=True)
     args = resolve_dataset_arg(p.parse_args(argv), [*datasets.IN_MEMORY, datasets.FOLDER])
     run = run_args_of_checkpoint(args.model_path)
@@ -345,8 +343,7 @@ def get_args(argv=None):
             taken += [f'--{key} {getattr(args, key)}'] if key in run else []
     if taken and D.is_main():
         print(f'visualize: {" ".join(taken)}: the run\'s own settings (its args.json)', flush=True)
-    if args.subset < 0 or args.batch_size < 1:
-        raise MixBTError('--subset must be >= 0 and --batch_size >= 1')
+    cli_args.check_ranges(args, at_least_1=('batch_size',), non_negative=('subset', 'workers'))
     folder_data.run_settings(args, args.model_path)  # a folder: the run's image size, labels and memory settings
     folder_data.require(datasets.spec_of(args), 'visualize.py', in_memory=True)  # a folder is read here
     args.out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.model_path))

@@ -255,7 +255,7 @@ def attach_evaluations(run, eval_dirs):
     """Give `run` the evaluations of its current checkpoints; a note for each one that evaluated
     another content (an earlier best model), records no checkpoint sha256, or cannot be read."""
     run.evaluations, run.notes = [], []
-    redo = f'evaluate it again: python evaluate.py {run.path}'
+    redo = f'evaluate it again: python3 evaluate.py {run.path}'
     for folder, checkpoint, error in evaluation_candidates(run, eval_dirs):
         try:
             if error:

@@ -9,10 +9,10 @@ print_config shows the settings that apply to this run at its start.
 """
 import argparse
 import math
-import os
 
 import torch
 
+from mixbt import cli_args
 from mixbt import data as datasets
 from mixbt import distributed as D
 from mixbt import folder_data
@@ -22,14 +22,28 @@ from mixbt.runtime import str2bool
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description='Mixed Barlow Twins pretraining', allow_abbrev=False,
-                                formatter_class=DefaultsFormatter)
+    p = build_parser()
+    return resolve_args(p.parse_args(argv), explicit_flags(p, argv))
+
+
+def build_parser():
+    """main.py's parser: the original flags, the researchers', the recipe's, then each method's."""
+    p = cli_args.parser('Mixed Barlow Twins pretraining')
+    add_original_flags(p)
+    add_run_flags(p)
+    add_recipe_flags(p)
+    add_method_args(p)
+    return p
+
+
+def add_original_flags(p):
+    """The original flags: names, meaning and defaults of the mix-bt main.py. The Barlow Twins
+    family's own (--lmbda, --corr_neg_one/--corr_zero, --is_mixup, --mixup_loss_scale) come
+    with its method (add_method_args)."""
     a = p.add_argument
-    # ---- the original flags (names, meaning and defaults of the mix-bt main.py; the Barlow Twins
-    # family's own, --lmbda, --corr_neg_one/--corr_zero, --is_mixup, --mixup_loss_scale, below)
     a('--dataset', default='cifar10', choices=datasets.DATASETS,
       help='data set to pretrain on (folder: your own images under --data_root, docs/own-images.md)')
-    a('--arch', default='resnet50', choices=['resnet18', 'resnet50'], help='backbone')
+    cli_args.add_common(p, 'arch', arch=dict(default='resnet50', help='backbone'))
     a('--feature_dim', default=128, type=int, help='projector output dimension (small data sets)')
     a('--temperature', default=0.5, type=float, help='temperature of the weighted kNN monitor')
     a('--k', default=200, type=int, help='neighbours of the weighted kNN monitor')
@@ -42,38 +56,43 @@ def get_args(argv=None):
            "original's per-step cosine (epochs counted from 1: the first step is at 1/10 of the warm-up, the last "
            "epoch passes beyond the cosine's end); cosine_exact: warm-up from 0, cosine ending at the last step "
            "(the official Barlow Twins and the ImageNet scripts)")
-    a('--gpu', default=0, type=int, help='CUDA device of a single-process run (-1: CPU)')
-    # ---- added for researchers
-    a('--overfitting_monitors', default=True, type=str2bool,
-      help='with the kNN monitor, also log gen_gap (leave-one-out kNN top-1 on the memory bank minus test top-1), '
-           'the effective ranks of features and embeddings and the Barlow Twins off-diagonal mass of held-out '
-           'view pairs (mixbt/monitors.py; about 8 %% of the kNN monitor\'s time)')
+    cli_args.add_common(p, 'gpu')
+
+
+def add_run_flags(p):
+    """Added for researchers: where the run lives, what it monitors and saves, how it resumes."""
+    a = p.add_argument
     a('--method', default=None, choices=list(METHODS), help='SSL method (default: from --is_mixup/--corr_neg_one)')
-    a('--data_root', default='data', help='folder holding the data sets (ImageNet: the ImageNet folder)')
-    a('--results_dir', '--checkpoint-dir', default='results', help='run folders are created here')
-    a('--seed', default=0, type=int, help='seeds the weights, the data order and the augmentations')
-    a('--workers', default=min(8, os.cpu_count() or 1), type=int, help='data-loader worker processes')
+    cli_args.add_common(p, 'data_root', 'results_dir', 'seed', 'workers', 'download', 'subset', 'skip_bad_images',
+                        'resume', 'run_name', resume=dict(help='run folder or last.pth to continue from'),
+                        run_name=dict(help='fixed run folder name under --results_dir; a run restarted with the '
+                                           'same name resumes from its last.pth automatically (default on SLURM: '
+                                           'slurm<job id>_<digest of its settings>, so a requeued job continues)'))
     a('--knn_every', default=5, type=int, help='kNN monitor every N epochs (0: never); always at the end')
     a('--knn_init', action='store_true',
       help='also run the kNN monitor on the randomly initialised backbone, logged as epoch 0: the baseline '
            'that pretraining has to beat')
+    a('--overfitting_monitors', default=True, type=str2bool,
+      help='with the kNN monitor, also log gen_gap (leave-one-out kNN top-1 on the memory bank minus test top-1), '
+           'the effective ranks of features and embeddings and the Barlow Twins off-diagonal mass of held-out '
+           'view pairs (mixbt/monitors.py; about 8 %% of the kNN monitor\'s time)')
     a('--save_every', default=50, type=int, help='keep a model snapshot every N epochs (0: never)')
-    a('--resume', default=None, help='run folder or last.pth to continue from')
-    a('--run_name', default=None,
-      help='fixed run folder name under --results_dir; a run restarted with the same name resumes from its '
-           'last.pth automatically (default on SLURM: slurm<job id>, so a requeued job continues)')
-    a('--download', action='store_true', help="fetch the data set with torchvision's downloader")
-    a('--subset', default=0, type=int, help='use only N images of each split (quick runs, debugging)')
     a('--log_every', '--print-freq', default=20, type=int, help='progress-bar/NaN-check interval in steps')
+    a('--visuals', default=True, type=str2bool,
+      help='at the end: nearest-neighbour retrievals and a 2-D map of the test embeddings (PNG, wandb)')
+
+
+def add_recipe_flags(p):
+    """The optimiser and schedule (defaults: the method's, then the data set's row), the ImageNet
+    recipe (official Barlow Twins flags), the views, and speed."""
+    a = p.add_argument
+    a('--optimizer', default=None, choices=['adam', 'lars', 'sgd'],
+      help="default: the method's, else the data set's row (lars for imagenet, else adam)")
+    a('--weight_decay', '--weight-decay', default=None, type=float, help='default: 1e-6 (Adam, LARS)')
     a('--warmup_epochs', default=None, type=float,
       help='linear warm-up epochs of the cosine schedule; default 10 (INTL: 2)')
     a('--warmup_steps', default=None, type=int,
       help='linear warm-up steps of the step schedule; default 0 (SimCLR, BYOL, W-MSE, CW-RGP: 500)')
-    a('--weight_decay', '--weight-decay', default=None, type=float,
-      help='default: 1e-6 (Adam, LARS)')
-    a('--optimizer', default=None, choices=['adam', 'lars', 'sgd'], help='default: lars for imagenet, else adam')
-    a('--fuse_views', default=True, type=str2bool, help='one forward over all views, per-view BatchNorm')
-    # ---- ImageNet recipe (official Barlow Twins flags)
     a('--projector', default=None, help='projector MLP sizes, e.g. 8192-8192-8192 (ImageNet default)')
     a('--learning-rate-weights', dest='lr_weights', default=0.2, type=float, help='ImageNet LARS lr (weights)')
     a('--learning-rate-biases', dest='lr_biases', default=0.0048, type=float, help='ImageNet LARS lr (biases, BN)')
@@ -85,12 +104,24 @@ def get_args(argv=None):
       help='gradients x 1/R: the update of a reference run on R GPUs whose cross-correlation was summed with a '
            'plain all_reduce (the released Mix-BT ImageNet runs: 8); 1 = the true gradient. Default: 8 for the '
            'Barlow Twins family on ImageNet, 1 otherwise')
+    a('--aug', default=None, choices=['cpu', 'gpu'],
+      help='cpu: torchvision/PIL views in workers; gpu: batched views on the training device')
+    a('--pipeline', default='mixbt', choices=datasets.PIPELINES,
+      help="views and normalisation of training and evaluation: mixbt (the data set's own), or wmse (the W-MSE "
+           "code's, as the paper's baselines ran; also logs its Euclidean 5-NN and, at the end, its linear "
+           "evaluation; docs/protocol.md section 6)")
+    add_speed_flags(p)
+
+
+def add_speed_flags(p):
+    a = p.add_argument
+    a('--fuse_views', default=True, type=str2bool, help='one forward over all views, per-view BatchNorm')
     a('--sync_bn', default=True, type=str2bool,
       help='BatchNorm statistics over the global batch in multi-process runs, as one process would compute them '
            '(false: per-process statistics, faster, not equal to one process)')
-    a('--precision', default='auto', choices=['auto', 'fp32', 'bf16', 'fp16'],
-      help='auto: bf16 on CUDA where supported (fp16 otherwise; the ImageNet reference recipe: fp16, as the '
-           'original), fp32 on CPU')
+    cli_args.add_common(p, 'precision', precision=dict(
+        help='auto: bf16 on CUDA where supported (fp16 otherwise; the ImageNet reference recipe: fp16, as the '
+             'original), fp32 on CPU'))
     a('--channels_last', default=True, type=str2bool,
       help='NHWC memory format (faster for cuDNN and for oneDNN on CPU)')
     a('--compile', action='store_true', help='torch.compile the model')
@@ -98,33 +129,6 @@ def get_args(argv=None):
       help='process each batch as N micro-batches with the exact full-batch loss and gradient at the projector '
            'output (two passes, one extra forward; peak memory about 1/N): mixbt, barlowtwins, hsic. The '
            "backbone's BatchNorm still normalises each micro-batch on its own")
-    a('--visuals', default=True, type=str2bool,
-      help='at the end: nearest-neighbour retrievals and a 2-D map of the test embeddings (PNG, wandb)')
-    a('--skip_bad_images', action='store_true',
-      help='replace (ImageNet) or leave out (Tiny-ImageNet) unreadable images, with a count; default: stop with '
-           'an error naming the file')
-    a('--aug', default=None, choices=['cpu', 'gpu'],
-      help='cpu: torchvision/PIL views in workers; gpu: batched views on the training device')
-    a('--pipeline', default='mixbt', choices=datasets.PIPELINES,
-      help="views and normalisation of training and evaluation: mixbt (the data set's own), or wmse (the W-MSE "
-           "code's, as the paper's baselines ran; also logs its Euclidean 5-NN and, at the end, its linear "
-           "evaluation; docs/protocol.md section 6)")
-    add_method_args(p)
-    args = p.parse_args(argv)
-    return resolve_args(args, explicit_flags(p, argv))
-
-
-class DefaultsFormatter(argparse.HelpFormatter):
-    """--help shows every default that is a value; defaults that depend on the method or the data set
-    (None here) are described in the flag's own help."""
-
-    def _get_help_string(self, action):
-        text = action.help or ''
-        if (action.option_strings and action.default not in (None, argparse.SUPPRESS)
-                and not isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
-                and 'default' not in text):
-            text += ' (default: %(default)s)'
-        return text
 
 
 def explicit_flags(parser, argv):
@@ -199,23 +203,17 @@ def resolve_aug(args, spec):
 
 def check_args(args):
     """Settings that cannot mean anything: one clear error each, before any work."""
-    positive = ('epochs', 'feature_dim', 'k', 'log_every', 'image_size', 'ref_world_size', 'accumulate')
-    for key in positive:
-        if getattr(args, key) < 1:
-            raise MixBTError(f'--{key} {getattr(args, key)} must be at least 1')
-    for key in ('knn_every', 'save_every', 'subset', 'workers', 'warmup_epochs', 'warmup_steps', 'weight_decay',
-                'mixup_warmup_epochs'):
-        if getattr(args, key) < 0:
-            raise MixBTError(f'--{key} {getattr(args, key)} must be >= 0')
+    cli_args.check_ranges(args, at_least_1=('epochs', 'feature_dim', 'k', 'log_every', 'image_size', 'ref_world_size',
+                                            'accumulate'),
+                          non_negative=('knn_every', 'save_every', 'subset', 'workers', 'warmup_epochs',
+                                        'warmup_steps', 'weight_decay', 'mixup_warmup_epochs'))
     if args.batch_size < 2:
         raise MixBTError(f'--batch_size {args.batch_size}: BatchNorm and the batch statistics of the losses need at '
                          'least 2 images per batch')
     if not args.temperature > 0 or not math.isfinite(args.temperature):
         raise MixBTError(f'--temperature {args.temperature} must be a positive number (the kNN weights are '
                          'exp(similarity / temperature))')
-    for key in ('lr', 'lr_weights', 'lr_biases'):
-        if not getattr(args, key) > 0 or not math.isfinite(getattr(args, key)):
-            raise MixBTError(f'--{key} {getattr(args, key)} must be a positive number')
+    cli_args.check_ranges(args, positive=('lr', 'lr_weights', 'lr_biases'))
     if args.projector is not None:
         sizes = args.projector.split('-')
         if not all(s.isdigit() and int(s) > 0 for s in sizes):

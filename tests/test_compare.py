@@ -283,7 +283,7 @@ def test_the_runs_evaluations_are_found_and_shown_while_its_checkpoint_is_unchan
     printed = capsys.readouterr().out
     assert '92.58' not in printed
     assert (f'- {evaluation} is an evaluation of an earlier {model} of runa (checkpoint sha256 {sha[:12]}... -> now '
-            in printed) and f'evaluate it again: python evaluate.py {a}' in printed
+            in printed) and f'evaluate it again: python3 evaluate.py {a}' in printed
 
 
 def test_the_record_beside_evaluation_csv_names_the_checkpoint_of_the_table(grid, tmp_path, capsys, no_picture):

@@ -11,7 +11,7 @@ import re
 import pytest
 import yaml
 
-from mixbt import runlog
+from mixbt import config, runlog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS = sorted(glob.glob(os.path.join(ROOT, 'sweeps', '*.yaml')))
@@ -32,10 +32,8 @@ def sweep_of(name):
 
 
 def main_py_flags():
-    """Every `'--flag'` string of main.py's parser: config.py and the methods (read as text)."""
-    files = [os.path.join(ROOT, 'mixbt', 'config.py'), *sorted(glob.glob(os.path.join(ROOT, 'mixbt', 'methods', '*.py')))]
-    text = ''.join(open(f).read() for f in files)
-    return set(re.findall(r"""['"]--([A-Za-z][\w-]*)['"]""", text))
+    """Every spelling of main.py's flags, from its real parser (the methods' flags included)."""
+    return {o[2:] for a in config.build_parser()._actions for o in a.option_strings if o.startswith('--')}
 
 
 def test_there_are_the_two_ablation_sweeps():
