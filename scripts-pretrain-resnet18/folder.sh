@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Mix-BT pretraining, resnet18 on a folder of your own images (docs/own-images.md; no paper row): one
 # subfolder per class (an optional val/ holds the test split), or images directly in DATA_ROOT (unlabelled).
+# Defaults from main.py, not restated here: --folder_labels auto (labelled when DATA_ROOT holds class subfolders;
+#   subfolders, none) and --max_memory_gb 4 (images decoded into memory per process up to this, else streamed);
+#   pass e.g. --folder_labels none to change one.
 # Edit the variables below, or override any of them from the environment, e.g.
 #   DATA_ROOT=~/my-images IMAGE_SIZE=96 bash scripts-pretrain-resnet18/folder.sh
 # Extra flags are passed through to main.py: bash scripts-pretrain-resnet18/folder.sh --seed 1
@@ -14,8 +17,6 @@ dataset=folder
 arch=resnet18
 data_root=${DATA_ROOT:-$ROOT/data/images}   # the folder of your images
 image_size=${IMAGE_SIZE:-64}       # about 32: CIFAR stem and views; 64: STL-10/Tiny-ImageNet; 96 and up: ImageNet
-folder_labels=${FOLDER_LABELS:-auto}        # auto, subfolders (one per class), none (unlabelled)
-max_memory_gb=${MAX_MEMORY_GB:-4}  # images decoded into memory up to this (per process), else streamed
 feature_dim=${FEATURE_DIM:-1024}
 is_mixup=${IS_MIXUP:-true}         # true, false
 batch_size=${BATCH_SIZE:-256}
@@ -28,6 +29,6 @@ results_dir=${RESULTS_DIR:-$ROOT/results}
 
 check_settings
 launch "$nproc" "$ROOT/main.py" --lmbda "$lmbda" --corr_zero --batch_size "$batch_size" --feature_dim "$feature_dim" \
-  --dataset "$dataset" --data_root "$data_root" --image_size "$image_size" --folder_labels "$folder_labels" \
-  --max_memory_gb "$max_memory_gb" --is_mixup "$is_mixup" --mixup_loss_scale "$mixup_loss_scale" --epochs "$epochs" \
-  --arch "$arch" --gpu "$gpu" --lr_shed "$lr_shed" --lr "$lr" --results_dir "$results_dir" "$@"
+  --dataset "$dataset" --data_root "$data_root" --image_size "$image_size" --is_mixup "$is_mixup" \
+  --mixup_loss_scale "$mixup_loss_scale" --epochs "$epochs" --arch "$arch" --gpu "$gpu" --lr_shed "$lr_shed" \
+  --lr "$lr" --results_dir "$results_dir" "$@"

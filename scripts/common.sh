@@ -2,14 +2,10 @@
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON=${PYTHON:-python3}
 
-# What a numeric setting may hold, by variable name (the same name is the same flag in every script).
-# A launch-script variable with a numeric default must be listed here (tests/test_scripts.py checks it).
-SETTINGS_COUNT="nproc epochs batch_size feature_dim emb head_size views w_size w_iter group iters ref_world_size
-  image_size"                                                                        # whole, >= 1
-SETTINGS_INTEGER="gpu warmup_steps"                                                 # whole numbers (gpu -1: CPU)
-SETTINGS_NUMBER="lr lmbda lambd mixup_loss_scale lambda_mixup mixup_warmup_epochs warmup_epochs weight_decay
-  w_eps tau byol_tau lr_w lr_b lr_backbone lr_classifier max_memory_gb"             # numbers: 0.01, 1e-3, 2
-SETTINGS_SIZES="projector"                                                          # layer sizes: 8192-8192-8192
+# A setting's kind is the form of its default in the launch script (`name=${NAME:-default}` or `name=default`): whole
+# numbers (1000, -1), any number (0.01, 1e-3: the default's form is the kind, so write a number flag's whole default
+# as 4.0), layer sizes (8192-8192-8192) or true/false (also 1/0, yes/no); any other setting is not checked here.
+
 # Environment variables never taken for a misspelt setting.
 SETTINGS_COMMON_ENV="PATH HOME USER LOGNAME SHELL TERM LANG PWD OLDPWD SHLVL HOSTNAME MAIL TZ DISPLAY EDITOR
   PAGER TMPDIR PYTHON"
@@ -18,30 +14,34 @@ SETTINGS_COMMON_ENV="PATH HOME USER LOGNAME SHELL TERM LANG PWD OLDPWD SHLVL HOS
 # script's top-level `name=...` lines (`name=${NAME:-default}`: overridable from the environment), prints
 # every setting as name=value, warns (stderr) about environment variables that look like a misspelt NAME
 # (EPOCH or epochs for EPOCHS, LR_SCHED for LR_SHED) or that name a setting the script fixes (DATASET), and
-# exits 1 with an `error:` line for each numeric setting that is not a number of its kind (NPROC=two).
+# exits 1 with an `error:` line for each setting that is not of its default's kind (NPROC=two, LR=fast), and for
+# an nproc below 1 (launch starts that many processes).
 check_settings() {
-  local script=${BASH_SOURCE[1]} line name env value i errors=0 names=() envs=() overridable=() fixed=()
-  while IFS= read -r line || [ -n "$line" ]; do
-    [[ $line =~ ^([a-z_][a-z0-9_]*)=(\$\{([A-Z][A-Z0-9_]*):-)? ]] || continue
-    names+=("${BASH_REMATCH[1]}")
-    env=${BASH_REMATCH[3]}
-    if [ -n "$env" ]; then overridable+=("$env"); else fixed+=("${BASH_REMATCH[1]}"); fi
-    [ -n "$env" ] && [ -n "${!env:-}" ] || env=  # from now on: the environment variable it came from, if any
-    envs+=("$env")
-  done < "$script"
-  script=${script#"$ROOT"/}
+  # Its own variables start with _, so that none hides a launch-script variable of the same name.
+  local _script=${BASH_SOURCE[1]} _line _name _env _value _where _i _kind _errors=0 _names=() _envs=() _kinds=() \
+    _overridable=() _fixed=()
+  while IFS= read -r _line || [ -n "$_line" ]; do
+    [[ $_line =~ ^([a-z_][a-z0-9_]*)=(\$\{([A-Z][A-Z0-9_]*):-)? ]] || continue
+    _names+=("${BASH_REMATCH[1]}")
+    _env=${BASH_REMATCH[3]}
+    if [ -n "$_env" ]; then _overridable+=("$_env"); else _fixed+=("${BASH_REMATCH[1]}"); fi
+    _settings_kind "$_line"; _kinds+=("$_kind")
+    [ -n "$_env" ] && [ -n "${!_env:-}" ] || _env=  # from now on: the environment variable it came from, if any
+    _envs+=("$_env")
+  done < "$_script"
+  _script=${_script#"$ROOT"/}
 
-  echo "# $script settings (override the upper-case names from the environment):"
-  for i in "${!names[@]}"; do
-    value=${!names[i]}
-    [[ $value =~ ^[^[:space:]\']+$ ]] || value="'$value'"
-    echo "${names[i]}=$value${envs[i]:+   # from ${envs[i]}}"
+  echo "# $_script settings (override the upper-case names from the environment):"
+  for _i in "${!_names[@]}"; do
+    _value=${!_names[_i]}
+    [[ $_value =~ ^[^[:space:]\']+$ ]] || _value="'$_value'"
+    echo "${_names[_i]}=$_value${_envs[_i]:+   # from ${_envs[_i]}}"
   done
 
   # Misspellings: the same name in another case, a word prefix (LR for LR_W, BATCH for BATCH_SIZE), or an
   # edit distance (insertions, deletions, substitutions, swaps of neighbours) of 1, or 2 for names of 6+ letters.
-  compgen -e | awk -v known="${overridable[*]}" -v fixed="${fixed[*]}" -v common="$SETTINGS_COMMON_ENV" \
-    -v script="$script" '
+  compgen -e | awk -v known="${_overridable[*]}" -v fixed="${_fixed[*]}" -v common="$SETTINGS_COMMON_ENV" \
+    -v script="$_script" '
     function distance(a, b,   i, j, la, lb, d, D) {
       la = length(a); lb = length(b)
       for (i = 0; i <= la; i++) D[i, 0] = i
@@ -78,28 +78,55 @@ check_settings() {
                  $0, script, F[i]
     }' >&2
 
-  for i in "${!names[@]}"; do
-    name=${names[i]}; value=${!name}
-    local where="set in $script"
-    [ -z "${envs[i]}" ] || where="from ${envs[i]} in the environment"
-    if _settings_has "$name" $SETTINGS_COUNT && ! [[ $value =~ ^[0-9]+$ && $value =~ [1-9] ]]; then
-      echo "error: $name must be a whole number >= 1, got '$value' ($where)" >&2; errors=1
-    elif _settings_has "$name" $SETTINGS_INTEGER && ! [[ $value =~ ^-?[0-9]+$ ]]; then
-      echo "error: $name must be a whole number, got '$value' ($where)" >&2; errors=1
-    elif _settings_has "$name" $SETTINGS_NUMBER && ! [[ $value =~ ^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$ ]]; then
-      echo "error: $name must be a number (such as 0.01 or 1e-3), got '$value' ($where)" >&2; errors=1
-    elif _settings_has "$name" $SETTINGS_SIZES && ! [[ $value =~ ^[0-9]+(-[0-9]+)*$ ]]; then
-      echo "error: $name must be layer sizes such as 8192-8192-8192, got '$value' ($where)" >&2; errors=1
+  for _i in "${!_names[@]}"; do
+    _name=${_names[_i]}; _value=${!_name}
+    _where="set in $_script"
+    [ -z "${_envs[_i]}" ] || _where="from ${_envs[_i]} in the environment"
+    if [ "$_name" = nproc ]; then  # the one setting the shell itself uses: launch starts that many processes
+      if ! [[ $_value =~ ^[0-9]+$ && $_value =~ [1-9] ]]; then
+        echo "error: $_name must be a whole number >= 1, got '$_value' ($_where)" >&2; _errors=1
+      fi
+      continue
     fi
+    case ${_kinds[_i]} in
+      whole)
+        if ! [[ $_value =~ ^[+-]?[0-9]+$ ]]; then
+          echo "error: $_name must be a whole number, got '$_value' ($_where)" >&2; _errors=1
+        fi ;;
+      number)
+        if ! [[ $_value =~ ^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$ ]]; then
+          echo "error: $_name must be a number (such as 0.01 or 1e-3), got '$_value' ($_where)" >&2; _errors=1
+        fi ;;
+      sizes)
+        if ! [[ $_value =~ ^[0-9]+(-[0-9]+)*$ ]]; then
+          echo "error: $_name must be layer sizes such as 8192-8192-8192, got '$_value' ($_where)" >&2; _errors=1
+        fi ;;
+      bool)
+        case ${_value,,} in
+          true | false | 1 | 0 | yes | no) ;;
+          *) echo "error: $_name must be true or false (also 1/0, yes/no), got '$_value' ($_where)" >&2; _errors=1 ;;
+        esac ;;
+    esac
   done
-  if [ "$errors" != 0 ]; then exit 1; fi
+  if [ "$_errors" != 0 ]; then exit 1; fi
 }
 
-# _settings_has NAME WORD...: whether NAME is one of the words.
-_settings_has() {
-  local name=$1 word; shift
-  for word in "$@"; do [ "$word" != "$name" ] || return 0; done
-  return 1
+# _settings_kind LINE: sets _kind to the kind of the default of a `name=${NAME:-default}` or `name=default` line:
+# whole, number (a decimal point or an exponent), sizes (layer sizes), bool (true/false), or empty (not checked).
+_settings_kind() {
+  local default
+  _kind=
+  [[ $1 =~ ^[a-z_][a-z0-9_]*=(\$\{[A-Z][A-Z0-9_]*:-([^}]*)\}|([^[:space:]#\$\"\']*))([[:space:]]|$) ]] || return 0
+  default=${BASH_REMATCH[2]}${BASH_REMATCH[3]}
+  if [[ $default =~ ^[+-]?[0-9]+$ ]]; then
+    _kind=whole
+  elif [[ $default =~ ^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$ ]]; then  # with a point or an exponent
+    _kind=number
+  elif [[ $default =~ ^[0-9]+(-[0-9]+)+$ ]]; then
+    _kind=sizes
+  elif [[ ${default,,} == true || ${default,,} == false ]]; then
+    _kind=bool
+  fi
 }
 
 # launch NPROC SCRIPT ARGS...: python for one process, torchrun for several (one per GPU).

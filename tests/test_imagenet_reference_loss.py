@@ -203,13 +203,14 @@ def test_the_original_imagenet_command_line_trains_with_the_reference_loss():
 
 
 @pytest.mark.slow  # runs the launch script (with a stand-in python)
-@pytest.mark.parametrize('env, expected', [({}, ('imagenet_reference', 8, 'mixbt', 0.5)),
-                                           ({'LAMBDA_MIXUP': '0'}, ('imagenet_reference', 8, 'mixbt', 0.0)),
-                                           ({'BT_LOSS': 'global', 'REF_WORLD_SIZE': '1'}, ('global', 1, 'mixbt', 0.5))])
-def test_imagenet_script_defaults_to_the_reference_loss(env, expected, tmp_path):
+@pytest.mark.parametrize('env, flags, expected', [
+    ({}, [], ('imagenet_reference', 8, 'mixbt', 0.5)),
+    ({'LAMBDA_MIXUP': '0'}, [], ('imagenet_reference', 8, 'mixbt', 0.0)),
+    ({}, ['--bt_loss', 'global', '--ref_world_size', '1'], ('global', 1, 'mixbt', 0.5))])
+def test_imagenet_script_defaults_to_the_reference_loss(env, flags, expected, tmp_path):
     import main
     from test_scripts import program_calls, run
-    proc, calls = run('scripts-pretrain-resnet50/imagenet.sh', tmp_path, {'NPROC': '1', **env})
+    proc, calls = run('scripts-pretrain-resnet50/imagenet.sh', tmp_path, {'NPROC': '1', **env}, flags)
     assert proc.returncode == 0, proc.stderr
     ((program, argv),) = program_calls(calls)
     args = main.get_args(argv)

@@ -1,10 +1,11 @@
 """The launch scripts and the checkpoint download.
 
 Every script runs with a stand-in python that records its command lines; the real parsers of main.py,
-linear.py and transfer.py read them in this process, so every flag of every script is checked without a
-python per script. The settings check (numbers, misspelt overrides), the released recipes and the download
-checks need no python at all. One real run of each script family on tiny data in the official formats is
-marked slow."""
+linear.py, transfer.py and evaluate.py read them in this process, so every flag of every script is checked
+without a python per script, and so is the convention that a script passes only what differs from the
+defaults those programs resolve on their own. The settings check (each setting of its default's kind,
+misspelt overrides), the released recipes and the download checks need no python at all. One real run of
+each script family on tiny data in the official formats is marked slow."""
 import argparse
 import glob
 import json
@@ -12,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+from unittest import mock
 
 import pytest
 import torch
@@ -24,6 +26,7 @@ LINEAR = sorted(glob.glob('scripts-linear-resnet*/*.sh', root_dir=REPO))
 TRANSFER = sorted(glob.glob('scripts-transfer-resnet18/*.sh', root_dir=REPO))
 SSL_SOTA = sorted(glob.glob('ssl-sota/*/*.sh', root_dir=REPO))
 LAUNCHERS = PRETRAIN + LINEAR + TRANSFER + SSL_SOTA
+EVAL = sorted(glob.glob('scripts-eval-resnet*/*.sh', root_dir=REPO))  # their runs: tests/test_evaluate.py
 LAUNCH_SCRIPTS = LAUNCHERS + ['quickstart.sh']
 # scripts that run another one with the same environment
 DELEGATES = {'quickstart.sh': 'scripts-pretrain-resnet18/fashionmnist.sh',
@@ -43,6 +46,13 @@ GITHUB_ACTIONS CI RUNNER_OS GITHUB_WORKSPACE COLUMNS LINES TERM_PROGRAM COLORTER
 no_proxy NO_COLOR SUDO_USER DEBIAN_FRONTEND JAVA_HOME GOPATH MANPATH PYTHONUNBUFFERED PYTHONHASHSEED NAME EMAIL
 TMUX MIXBT_TRUST_CHECKPOINTS INSTALL'''.split()
 NUMBER = r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|\d+(-\d+)+'  # a number, or layer sizes (8192-8192-8192)
+CHECKED = rf'{NUMBER}|(?i:true|false)'  # the defaults whose form gives a kind that scripts/common.sh checks
+# Flags a script may pass whatever their defaults: where it runs and writes, its data set, backbone and
+# length, the checkpoint it reads, the method it is, the transfer set of each call and the run's name; and
+# --corr_zero, the Mix-BT scripts' statement of the original command line (Barlow Twins' off-diagonal target 0,
+# beside --is_mixup), which the sweeps restate with them (tests/test_sweeps.py).
+ALWAYS_PASSED = {'--gpu', '--data_root', '--results_dir', '--arch', '--dataset', '--epochs', '--batch_size',
+                 '--batch-size', '--model_path', '--method', '--transfer_dataset', '--run_name', '--corr_zero'}
 
 
 def script_text(script):
@@ -96,12 +106,74 @@ def flag_values(calls):
 
 
 def program_calls(calls):
-    """(program, its arguments) of each call of main.py, linear.py or transfer.py (torchrun or not)."""
+    """(program, its arguments) of each call of a Python entry point (RESOLVERS; torchrun or not)."""
     for call in calls:
         for i, arg in enumerate(call):
-            if os.path.basename(arg) in ('main.py', 'linear.py', 'transfer.py'):
+            if os.path.basename(arg) in RESOLVERS:
                 yield os.path.basename(arg)[:-3], call[i + 1:]
                 break
+
+
+def resolve_main(argv):
+    import main
+    return main.get_args(argv)
+
+
+def resolve_linear(argv):
+    import linear
+    return linear.get_args(argv)
+
+
+def resolve_transfer(argv):
+    import transfer
+    return transfer.get_args(argv)
+
+
+def resolve_evaluate(argv):
+    import evaluate
+    return evaluate.get_args(argv)
+
+
+def resolve_main_imagenet(argv):
+    import main_imagenet
+    return resolve_main(main_imagenet.translate(argv))
+
+
+def resolve_evaluate_imagenet(argv):
+    import evaluate_imagenet
+    return resolve_linear(evaluate_imagenet.translate(argv))
+
+
+# The configuration each entry point resolves from its command line (main.py: the method's and the data
+# set's defaults filled in), by the file a script runs.
+RESOLVERS = {'main.py': resolve_main, 'linear.py': resolve_linear, 'transfer.py': resolve_transfer,
+             'evaluate.py': resolve_evaluate, 'main_imagenet.py': resolve_main_imagenet,
+             'evaluate_imagenet.py': resolve_evaluate_imagenet}
+
+
+def parser_of(program, argv):
+    """The argparse parser that `program` reads `argv` with (the first one its get_args builds)."""
+    parsers = []
+    parse_args = argparse.ArgumentParser.parse_args
+
+    def spy(parser, *args, **kwargs):
+        parsers.append(parser)
+        return parse_args(parser, *args, **kwargs)
+    with mock.patch.object(argparse.ArgumentParser, 'parse_args', spy):
+        RESOLVERS[f'{program}.py'](argv)
+    return parsers[0]
+
+
+def flag_units(argv):
+    """(start, end) of each `--flag value` or `--flag` of argv, the arguments after the flags left out."""
+    i = 0
+    while i < len(argv):
+        if argv[i].startswith('--'):
+            n = 2 if i + 1 < len(argv) and not argv[i + 1].startswith('--') else 1
+            yield i, i + n
+            i += n
+        else:
+            i += 1
 
 
 @pytest.fixture(scope='module')
@@ -208,6 +280,8 @@ def test_sh_runs_the_scripts_with_every_setting_overridable_from_the_environment
             overrides[var] = str(model)
         elif re.fullmatch(r'\d+(-\d+)+', default):
             overrides[var] = f'{32 + i}-{32 + i}'
+        elif default.lower() in ('true', 'false'):
+            overrides[var] = 'false' if default.lower() == 'true' else 'true'
         elif re.fullmatch(NUMBER, default):
             overrides[var] = str(1000 + i)
         else:
@@ -245,28 +319,126 @@ def test_resnet18_imagenet_script_runs_the_resnet50_one(tmp_path):
 
 # ---------------------------------------------------------------------------- the settings check
 def test_every_launcher_checks_its_settings_before_it_runs_anything():
-    """check_settings comes after the variables and before the first command; every variable with a numeric
-    default has a kind (count, integer, number, layer sizes) in scripts/common.sh."""
-    kinds = subprocess.run(['bash', '-c', 'source scripts/common.sh; echo $SETTINGS_COUNT $SETTINGS_INTEGER '
-                            '$SETTINGS_NUMBER $SETTINGS_SIZES'], cwd=REPO, capture_output=True, text=True).stdout.split()
-    for script in LAUNCHERS:
+    """check_settings comes after the variables and before the first command."""
+    for script in LAUNCHERS + EVAL:
         if script in DELEGATES:
             continue
         lines = open(os.path.join(REPO, script)).read().splitlines()
         first = min(i for i, line in enumerate(lines) if re.match(r'(launch |require_checkpoint |for |"\$PYTHON")', line))
         assert lines[first - 1] == 'check_settings' and 'check_settings' not in lines[first:], script
         assert not any(re.match(r'[a-z_]+=', line) for line in lines[first:]), script
-        for var, (name, default) in overridable(script).items():
-            assert not re.fullmatch(NUMBER, default) or name in kinds, (script, name)
+
+
+NEW_LAUNCHER = """#!/usr/bin/env bash
+set -euo pipefail
+source "{repo}/scripts/common.sh"
+nproc=${{NPROC:-1}}
+foo_count=${{FOO_COUNT:-3}}         # a setting no script had: its default's form is its kind
+foo_rate=${{FOO_RATE:-0.5}}
+foo_decay=${{FOO_DECAY:-1e-4}}
+foo_sizes=${{FOO_SIZES:-64-64}}
+foo_switch=${{FOO_SWITCH:-false}}
+foo_name=${{FOO_NAME:-plain}}
+foo_fixed=2.0
+name=${{NAME_SET:-7}}                  # names check_settings uses itself are settings like any other
+check_settings
+echo ran
+"""
+
+
+@pytest.mark.parametrize('env, errors', [
+    ({}, []),
+    ({'FOO_COUNT': '-2', 'FOO_RATE': '2', 'FOO_DECAY': '.5E+3', 'FOO_SIZES': '8', 'FOO_SWITCH': 'Yes', 'FOO_NAME': '1.5x',
+      'NAME_SET': '+4'}, []),
+    ({'FOO_SWITCH': '0', 'FOO_RATE': '-1e-3', 'FOO_COUNT': '010'}, []),
+    ({'FOO_COUNT': '2.5', 'FOO_RATE': 'fast', 'FOO_DECAY': '1e', 'FOO_SIZES': '64x64', 'FOO_SWITCH': 'maybe',
+      'NAME_SET': 'seven', 'NPROC': '0'},
+     ["nproc must be a whole number >= 1, got '0' (from NPROC in the environment)",
+      "foo_count must be a whole number, got '2.5' (from FOO_COUNT in the environment)",
+      "foo_rate must be a number (such as 0.01 or 1e-3), got 'fast' (from FOO_RATE in the environment)",
+      "foo_decay must be a number (such as 0.01 or 1e-3), got '1e' (from FOO_DECAY in the environment)",
+      "foo_sizes must be layer sizes such as 8192-8192-8192, got '64x64' (from FOO_SIZES in the environment)",
+      "foo_switch must be true or false (also 1/0, yes/no), got 'maybe' (from FOO_SWITCH in the environment)",
+      "name must be a whole number, got 'seven' (from NAME_SET in the environment)"]),
+    ({'FOO_COUNT': '3.0'}, ["foo_count must be a whole number, got '3.0' (from FOO_COUNT in the environment)"])])
+def test_a_new_setting_is_checked_by_the_form_of_its_default(env, errors, tmp_path):
+    """A launcher that declares settings no script had before: bad values are refused, all of them, before
+    anything runs, with no list to extend in scripts/common.sh; names, paths and choices are not checked."""
+    script = tmp_path / 'new.sh'
+    script.write_text(NEW_LAUNCHER.format(repo=REPO))
+    proc = subprocess.run(['bash', str(script)], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, **env})
+    found = [line[len('error: '):] for line in proc.stderr.splitlines() if line.startswith('error: ')]
+    assert found == errors, proc.stderr
+    assert (proc.returncode, 'ran' in proc.stdout.split()) == ((1, False) if errors else (0, True)), proc.stderr
+
+
+def test_a_value_set_in_the_script_is_checked_too(tmp_path):
+    """An edited default of the wrong kind names the script; nproc must be at least 1."""
+    script = tmp_path / 'edited.sh'
+    script.write_text(NEW_LAUNCHER.format(repo=REPO).replace('nproc=${NPROC:-1}', 'nproc=${NPROC:-0}'))
+    proc = subprocess.run(['bash', str(script)], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 1 and 'ran' not in proc.stdout
+    assert f"error: nproc must be a whole number >= 1, got '0' (set in {script})" in proc.stderr
+
+
+@pytest.mark.parametrize('script', [s for s in LAUNCHERS + EVAL if s not in DELEGATES])
+def test_each_flag_default_is_written_in_the_kind_of_its_flag(script, default_run):
+    """A variable passed as `--flag "$var"` has a default of its flag's type in the program's real parser, so
+    that scripts/common.sh checks it as the program reads it: int flags whole numbers, float flags a decimal
+    point or an exponent (4.0, 0.0, 1e-6; not 4 or 0), true/false flags true or false."""
+    from mixbt.runtime import str2bool
+    text = script_text(script)
+    proc, calls = default_run(script)
+    ((program, argv), *_) = program_calls(calls)
+    parser = parser_of(program, argv)
+    defaults = {m[1]: m[2] if m[2] is not None else m[3]  # name=${VAR:-default} or name=default
+                for m in re.finditer(r'^([a-z_][a-z0-9_]*)=(?:\$\{[A-Z][A-Z0-9_]*:-([^}]*)\}|([^\s$#]*))(?=\s|$)', text, re.M)}
+    checked = 0
+    for flag, var in re.findall(r'(--[\w-]+) "\$(\w+)"', text):
+        default = defaults.get(var)
+        if default is None or '$' in default:
+            continue
+        kind = parser._option_string_actions[flag].type
+        if kind is int:
+            assert re.fullmatch(r'[-+]?\d+', default), (script, var, default, 'an int flag: write a whole number')
+        elif kind is float:
+            assert re.fullmatch(NUMBER, default) and not re.fullmatch(r'[-+]?\d+', default), \
+                (script, var, default, 'a float flag: write a decimal point or an exponent')
+        elif kind is str2bool:
+            assert default.lower() in ('true', 'false'), (script, var, default)
+        checked += 1
+    assert checked
+
+
+@pytest.mark.parametrize('script', [s for s in LAUNCHERS + EVAL if s not in DELEGATES])
+def test_no_script_passes_a_value_its_program_resolves_on_its_own(script, default_run):
+    """Each flag a script passes (but those of ALWAYS_PASSED) changes the configuration the program
+    resolves (main.py: with its --method's and --dataset's defaults): a restated default would hide which
+    of a script's settings are its recipe's own, and could drift from the default it copies."""
+    proc, calls = default_run(script)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for program, argv in program_calls(calls):
+        resolve = RESOLVERS[f'{program}.py']
+        resolved = vars(resolve(argv))
+        for start, end in flag_units(argv):
+            if argv[start] in ALWAYS_PASSED:
+                continue
+            try:
+                without = vars(resolve(argv[:start] + argv[end:]))
+            except (Exception, SystemExit):
+                continue  # needed
+            assert without != resolved, (script, ' '.join(argv[start:end]), f'{program}.py resolves it on its own')
 
 
 @pytest.mark.parametrize('script', ['scripts-pretrain-resnet50/tinyimagenet.sh', 'scripts-pretrain-resnet18/imagenet.sh',
                                     'scripts-linear-resnet50/imagenet_semisup_1.sh', 'ssl-sota/intl/cifar10.sh',
-                                    'ssl-sota/cwrgp/cifar10-4views.sh', 'scripts-transfer-resnet18/cifar10-to-x.sh'])
+                                    'ssl-sota/cwrgp/cifar10-4views.sh', 'ssl-sota/wmse/stl10.sh',
+                                    'scripts-transfer-resnet18/cifar10-to-x.sh', 'scripts-eval-resnet50/imagenet.sh'])
 def test_every_numeric_setting_is_checked_before_anything_runs(script, released, tmp_path):
-    """Each variable with a numeric default set to a non-number stops the script with an `error:` line naming
-    it, before any python runs."""
-    numeric = {var: name for var, (name, default) in overridable(script).items() if re.fullmatch(NUMBER, default)}
+    """Each variable with a numeric or true/false default set to a value of no kind stops the script with an
+    `error:` line naming it, before any python runs."""
+    numeric = {var: name for var, (name, default) in overridable(script).items() if re.fullmatch(CHECKED, default)}
     env = {var: 'x1' for var in numeric}
     proc, calls = run(script, tmp_path, {**env, 'CHECKPOINT_DIR': str(released / 'checkpoints')})
     assert proc.returncode == 1 and calls == []
@@ -278,11 +450,13 @@ def test_every_numeric_setting_is_checked_before_anything_runs(script, released,
 @pytest.mark.parametrize('env, message', [
     ({'NPROC': 'two'}, "error: nproc must be a whole number >= 1, got 'two'"),
     ({'NPROC': '0'}, "error: nproc must be a whole number >= 1, got '0'"),
-    ({'EPOCHS': '1.5'}, "error: epochs must be a whole number >= 1, got '1.5'"),
+    ({'EPOCHS': '1.5'}, "error: epochs must be a whole number, got '1.5'"),
     ({'GPU': 'cuda:0'}, "error: gpu must be a whole number, got 'cuda:0'"),
     ({'LR': '0.01x'}, "error: lr must be a number (such as 0.01 or 1e-3), got '0.01x'"),
+    ({'IS_MIXUP': 'on'}, "error: is_mixup must be true or false (also 1/0, yes/no), got 'on'"),
     ({'LMBDA': ''}, None),  # empty: the default
-    ({'GPU': '-1', 'LR': '1e-3', 'LMBDA': '.5', 'MIXUP_LOSS_SCALE': '+4', 'EPOCHS': '010'}, None)])
+    ({'GPU': '-1', 'LR': '1e-3', 'LMBDA': '.5', 'MIXUP_LOSS_SCALE': '+4', 'EPOCHS': '010', 'IS_MIXUP': 'False'}, None),
+    ({'EPOCHS': '0', 'IS_MIXUP': 'YES'}, None)])  # a whole number: main.py itself says an epoch count must be >= 1
 def test_numbers_of_each_kind(env, message, tmp_path):
     proc, calls = run('scripts-pretrain-resnet18/cifar10.sh', tmp_path, env)
     if message:
@@ -318,11 +492,11 @@ def test_misspelt_overrides_are_warned_about_and_the_run_goes_on(env, warning, t
 
 
 def test_misspellings_of_the_names_of_other_scripts(tmp_path):
-    """LR in a script that has LR_W and LR_B only; WARMUP_EPOCH in one with WARMUP_EPOCHS."""
-    proc, _ = run('scripts-pretrain-resnet50/imagenet.sh', tmp_path, {'LR': '0.1', 'NPROC': '1'})
-    assert 'LR is set in the environment' in proc.stderr and 'did you mean LR_W or LR_B?' in proc.stderr
-    proc, _ = run('ssl-sota/intl/cifar10.sh', tmp_path, {'WARMUP_EPOCH': '5'})
-    assert 'did you mean WARMUP_EPOCHS?' in proc.stderr
+    """LAMBDA in a script that has LAMBDA_MIXUP and LAMBD; W_ITERS in one with W_ITER."""
+    proc, _ = run('scripts-pretrain-resnet50/imagenet.sh', tmp_path, {'LAMBDA': '0.1', 'NPROC': '1'})
+    assert 'LAMBDA is set in the environment' in proc.stderr and 'did you mean LAMBDA_MIXUP or LAMBD?' in proc.stderr
+    proc, _ = run('ssl-sota/cwrgp/cifar10.sh', tmp_path, {'W_ITERS': '5'})
+    assert 'did you mean W_ITER?' in proc.stderr
 
 
 # ---------------------------------------------------------------------------- checkpoints the evaluation needs
@@ -420,9 +594,9 @@ def real_run(script, world, tmp_path, env, args, shell='bash'):
 @pytest.mark.slow
 @pytest.mark.parametrize('script, env, args', [
     ('scripts-pretrain-resnet18/cifar10.sh', {}, []),
-    ('ssl-sota/simclr/cifar10.sh', {'EMB': '16', 'HEAD_SIZE': '32'}, []),
-    ('scripts-pretrain-resnet18/imagenet.sh', {'NPROC': '2', 'PROJECTOR': '32-32-32', 'REF_WORLD_SIZE': '2'},
-     ['--image_size', '64'])])
+    ('ssl-sota/simclr/cifar10.sh', {}, ['--emb', '16', '--head_size', '32']),
+    ('scripts-pretrain-resnet18/imagenet.sh', {'NPROC': '2'},
+     ['--image_size', '64', '--projector', '32-32-32', '--ref_world_size', '2'])])
 def test_pretraining_scripts_train(script, env, args, world, tmp_path):
     """`sh script.sh` (dash, as the original README) from any working directory: one optimiser step, the kNN
     monitor, a run folder; the ImageNet one with 2 processes under torchrun."""

@@ -7,6 +7,8 @@
 #   x0.2 at epochs E-50 and E-25; its views, normalisation and evaluation are PIPELINE=wmse (docs/protocol.md
 #   section 6). PIPELINE=mixbt runs the same recipe on the same pipeline as Mix-BT (its views and normalisation).
 #   Where the W-MSE paper's own recipe (its README: ResNet-18) differs, a comment keeps its value.
+# Defaults from main.py --method byol, not restated here: head 1024, byol_tau 0.99, Adam, weight decay 1e-6,
+#   lr x0.2 at epochs E-50 and E-25, 500 warm-up steps; pass e.g. --head_size 2048 to change one.
 # Override any variable from the environment, e.g. EPOCHS=100 NPROC=2 bash ssl-sota/byol/tinyimagenet.sh
 # Extra flags are passed through to main.py: bash ssl-sota/byol/tinyimagenet.sh --seed 1
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"   # started with sh (dash): re-run with bash
@@ -21,12 +23,6 @@ epochs=${EPOCHS:-1000}
 batch_size=${BATCH_SIZE:-320}      # the other data sets: 384 (cfg.py default)
 lr=${LR:-3e-3}                     # W-MSE paper README: 2e-3
 emb=${EMB:-64}                     # W-MSE paper README: 128
-head_size=${HEAD_SIZE:-1024}
-byol_tau=${BYOL_TAU:-0.99}
-optimizer=${OPTIMIZER:-adam}
-weight_decay=${WEIGHT_DECAY:-1e-6}
-lr_shed=${LR_SHED:-step}           # step (x0.2 at epochs E-50 and E-25), cosine
-warmup_steps=${WARMUP_STEPS:-500}
 pipeline=${PIPELINE:-wmse}         # wmse: the W-MSE code's views, normalisation, evaluation; mixbt: Mix-BT's
 data_root=${DATA_ROOT:-$ROOT/data}
 results_dir=${RESULTS_DIR:-$ROOT/results}
@@ -34,5 +30,4 @@ results_dir=${RESULTS_DIR:-$ROOT/results}
 check_settings
 launch "$nproc" "$ROOT/main.py" --method byol --dataset "$dataset" --gpu "$gpu" --data_root "$data_root" \
   --results_dir "$results_dir" --arch "$arch" --epochs "$epochs" --batch_size "$batch_size" --lr "$lr" --emb "$emb" \
-  --head_size "$head_size" --byol_tau "$byol_tau" --optimizer "$optimizer" --weight_decay "$weight_decay" \
-  --lr_shed "$lr_shed" --warmup_steps "$warmup_steps" --pipeline "$pipeline" "$@"
+  --pipeline "$pipeline" "$@"

@@ -4,8 +4,11 @@
 #   its CIFAR recipe (scripts/cifar10.sh) on 64-pixel data.
 #   cifar/cfg.py defaults: --bs 256, projector 2048-2048-2048, 4 IterNorm iterations, SGD momentum 0.9,
 #   lr 0.3 x batch/256 with 2 warm-up epochs, then cosine to 0.001x.
-#   INTL's own code has its own views (crop first, scale 0.08-1, grayscale 0.2), neither pipeline here: PIPELINE=mixbt
-#   (default) runs it on the same pipeline as Mix-BT, PIPELINE=wmse on the W-MSE code's (docs/protocol.md section 6).
+#   INTL's own code has its own views (crop first, scale 0.08-1, grayscale 0.2), neither pipeline here: it runs
+#   on the same pipeline as Mix-BT (main.py's default), or with --pipeline wmse on the W-MSE code's (docs/protocol.md
+#   section 6).
+# Defaults from main.py --method intl, not restated here: lr 0.3, weight decay 1e-4, projector 2048-2048-2048,
+#   4 IterNorm iterations, SGD, 2 warm-up epochs; pass e.g. --weight_decay 5e-4 to change one.
 # Override any variable from the environment, e.g. EPOCHS=100 NPROC=2 bash ssl-sota/intl/tinyimagenet.sh
 # Extra flags are passed through to main.py: bash ssl-sota/intl/tinyimagenet.sh --seed 1
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"   # started with sh (dash): re-run with bash
@@ -18,19 +21,10 @@ dataset=tiny_imagenet
 arch=${ARCH:-resnet18}
 epochs=${EPOCHS:-1000}
 batch_size=${BATCH_SIZE:-256}
-lr=${LR:-0.3}
-weight_decay=${WEIGHT_DECAY:-1e-4}
-projector=${PROJECTOR:-2048-2048-2048}
-iters=${ITERS:-4}
-optimizer=${OPTIMIZER:-sgd}
 lr_shed=${LR_SHED:-cosine}         # step, cosine
-warmup_epochs=${WARMUP_EPOCHS:-2}
-pipeline=${PIPELINE:-mixbt}        # mixbt: Mix-BT's views and normalisation; wmse: the W-MSE code's
 data_root=${DATA_ROOT:-$ROOT/data}
 results_dir=${RESULTS_DIR:-$ROOT/results}
 
 check_settings
 launch "$nproc" "$ROOT/main.py" --method intl --dataset "$dataset" --gpu "$gpu" --data_root "$data_root" \
-  --results_dir "$results_dir" --arch "$arch" --epochs "$epochs" --batch_size "$batch_size" --lr "$lr" \
-  --weight_decay "$weight_decay" --projector "$projector" --intl_iters "$iters" --optimizer "$optimizer" \
-  --lr_shed "$lr_shed" --warmup_epochs "$warmup_epochs" --pipeline "$pipeline" "$@"
+  --results_dir "$results_dir" --arch "$arch" --epochs "$epochs" --batch_size "$batch_size" --lr_shed "$lr_shed" "$@"

@@ -6,6 +6,8 @@
 #   head 1024, Adam (weight decay 1e-6), 500 warm-up steps, x0.2 at epochs E-50 and E-25.
 #   PIPELINE=wmse (default): the views, normalisation and evaluation of the W-MSE code, which this recipe's code
 #   uses (docs/protocol.md section 6); PIPELINE=mixbt: the same recipe on the same pipeline as Mix-BT.
+# Defaults from main.py --method wmse, not restated here: lr 3e-3, emb 64, head 1024, w_size 128, w_iter 1, Adam,
+#   weight decay 1e-6, lr x0.2 at epochs E-50 and E-25, 500 warm-up steps; pass e.g. --head_size 2048 to change one.
 # Override any variable from the environment, e.g. EPOCHS=100 NPROC=2 bash ssl-sota/wmse/cifar100-4views.sh
 # Extra flags are passed through to main.py: bash ssl-sota/wmse/cifar100-4views.sh --seed 1
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"   # started with sh (dash): re-run with bash
@@ -18,24 +20,13 @@ dataset=cifar100
 arch=${ARCH:-resnet18}
 epochs=${EPOCHS:-1000}
 batch_size=${BATCH_SIZE:-256}
-lr=${LR:-3e-3}
 views=${VIEWS:-4}
-emb=${EMB:-64}
-head_size=${HEAD_SIZE:-1024}
-w_size=${W_SIZE:-128}
-w_iter=${W_ITER:-1}
 w_eps=${W_EPS:-1e-2}
-optimizer=${OPTIMIZER:-adam}
-weight_decay=${WEIGHT_DECAY:-1e-6}
-lr_shed=${LR_SHED:-step}           # step (x0.2 at epochs E-50 and E-25), cosine
-warmup_steps=${WARMUP_STEPS:-500}
 pipeline=${PIPELINE:-wmse}         # wmse: the W-MSE code's views, normalisation, evaluation; mixbt: Mix-BT's
 data_root=${DATA_ROOT:-$ROOT/data}
 results_dir=${RESULTS_DIR:-$ROOT/results}
 
 check_settings
 launch "$nproc" "$ROOT/main.py" --method wmse --dataset "$dataset" --gpu "$gpu" --data_root "$data_root" \
-  --results_dir "$results_dir" --arch "$arch" --epochs "$epochs" --batch_size "$batch_size" --lr "$lr" \
-  --num_views "$views" --emb "$emb" --head_size "$head_size" --w_size "$w_size" --w_iter "$w_iter" --w_eps "$w_eps" \
-  --optimizer "$optimizer" --weight_decay "$weight_decay" --lr_shed "$lr_shed" --warmup_steps "$warmup_steps" \
-  --pipeline "$pipeline" "$@"
+  --results_dir "$results_dir" --arch "$arch" --epochs "$epochs" --batch_size "$batch_size" --num_views "$views" \
+  --w_eps "$w_eps" --pipeline "$pipeline" "$@"
