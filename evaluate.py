@@ -37,6 +37,7 @@ from mixbt import data as datasets
 from mixbt import distributed as D
 from mixbt import folder_data
 from mixbt import knn
+from mixbt import readers
 import linear
 import transfer
 from mixbt.eval_table import write_tables
@@ -187,7 +188,7 @@ def transfer_missing(args, name):
     try:
         for train in (True, False):
             load_transfer(name, args.data_root, train)
-    except datasets.DatasetNotFound as e:
+    except readers.DatasetNotFound as e:
         return str(e)
     return None
 
@@ -329,7 +330,7 @@ def run_part(args, part, task, name, device):
             return None, missing
     try:
         result = (linear if task == 'linear' else transfer).main(probe_argv(args, part))
-    except datasets.DatasetNotFound as e:
+    except readers.DatasetNotFound as e:
         if task == 'linear':  # the checkpoint's own data set: nothing to evaluate without it
             raise
         return None, str(e)

@@ -23,6 +23,8 @@ from mixbt import cli_args
 from mixbt import data as datasets
 from mixbt import distributed as D
 from mixbt import folder_data
+from mixbt import formats
+from mixbt import readers
 from mixbt.checkpoints import load_backbone, resolve_dataset_arg
 from mixbt.errors import MixBTError
 from mixbt.identity import file_sha256
@@ -113,10 +115,10 @@ def read_subset_list(source, percent):
             with urllib.request.urlopen(source, timeout=30) as r:
                 return [line.decode().strip() for line in r.readlines() if line.strip()]
         except OSError as e:
-            raise datasets.DatasetNotFound(
+            raise readers.DatasetNotFound(
                 f'could not download the {percent}% subset list from {source} ({e}). Download it '
                 f'where the network allows and pass --train-files /path/to/{percent}percent.txt') from None
-    raise datasets.DatasetNotFound(f'--train-files {source}: no such file')
+    raise readers.DatasetNotFound(f'--train-files {source}: no such file')
 
 
 def subset_list(args):
@@ -128,13 +130,13 @@ def subset_list(args):
     if D.is_main():
         try:
             names = read_subset_list(source, args.train_percent)
-        except datasets.DatasetNotFound as e:
+        except readers.DatasetNotFound as e:
             error = str(e)
     names, error = D.broadcast_object((names, error))
     if error:
-        raise datasets.DatasetNotFound(error)
+        raise readers.DatasetNotFound(error)
     if not names:
-        raise datasets.DatasetNotFound(f'the {args.train_percent}% subset list {source} is empty')
+        raise readers.DatasetNotFound(f'the {args.train_percent}% subset list {source} is empty')
     return names
 
 
@@ -148,7 +150,7 @@ def subset_samples(train_ds, names, percent):
     wanted = [os.path.join(name.split('_')[0], name) for name in names]
     missing = [name for name, rel in zip(names, wanted) if rel not in present]
     if missing:
-        raise datasets.DatasetNotFound(f'{len(missing)} of the {len(names)} files of the {percent}% subset list are not '
+        raise readers.DatasetNotFound(f'{len(missing)} of the {len(names)} files of the {percent}% subset list are not '
                                 f'images in {train_ds.root}, e.g. {", ".join(missing[:5])}')
     return [present[rel] for rel in wanted]
 
@@ -233,7 +235,7 @@ def report_skipped(args, dataset, device):
     """The unreadable training images that --skip_bad_images replaced, over all ranks."""
     if not args.skip_bad_images:
         return
-    skipped, first = datasets.take_skipped_images(dataset)
+    skipped, first = formats.take_skipped_images(dataset)
     skipped = int(D.all_reduce_sum(torch.tensor([float(skipped)], device=device)).item())
     if skipped and D.is_main():
         print(f'replaced {skipped} unreadable training images (--skip_bad_images){", e.g. " + first if first else ""}')

@@ -11,8 +11,6 @@ the method, the optimiser), restore (a saved last.pth), train one epoch, evaluat
 monitor), save (last, best, snapshot and export, in one place). See README.md.
 """
 import copy
-import hashlib
-import json
 import math
 import os
 import time
@@ -23,6 +21,7 @@ from tqdm import tqdm
 import visualize
 from mixbt import data as datasets
 from mixbt import distributed as D
+from mixbt import formats
 from mixbt import knn
 from mixbt import monitors
 from mixbt import probe
@@ -31,11 +30,10 @@ from mixbt.accumulate import accumulated_step, check_accumulate
 from mixbt.checkpoints import atomic_save, load_strict, non_finite_entries
 from mixbt.config import get_args, print_config, resolve_aug
 from mixbt.errors import MixBTError
-from mixbt.identity import IdentityMismatch, check_resume
-from mixbt.methods import METHODS, Progress, method_schedule_keys
+from mixbt.methods import METHODS, Progress
 from mixbt.nets import plain_batchnorm, sync_batchnorm
-from mixbt.resume import (apply_settings, gather_rng_states, is_training_state, restore_rng_state,
-                          training_state)
+from mixbt.resume import (apply_settings, gather_rng_states, identity_tag, is_training_state, restore_point,
+                          restore_rng_state, training_state)
 from mixbt.runlog import RunLog
 from mixbt.runs import RunFolder, check_writable
 from mixbt.runtime import (autocast_dtype, backward_step, grad_scaler, install_requeue_handler, run_command,
@@ -49,54 +47,12 @@ class NonFiniteLoss(MixBTError):
     pass
 
 
-# On resume: settings that may change silently (where things live, how fast it runs, what is
-# monitored), and schedule settings that may change on purpose (e.g. more --epochs), announced
-# and applied. Every other setting, the seed included, is what the run is (identity.check_resume).
-RESUME_FREE = ('resume', 'run_name', 'results_dir', 'data_root', 'workers', 'gpu', 'download', 'log_every',
-               'knn_every', 'knn_init', 'save_every', 'precision', 'channels_last', 'compile', 'aug', 'fuse_views',
-               'sync_bn', 'temperature', 'k', 'skip_bad_images', 'visuals', 'max_memory_gb',
-               'overfitting_monitors') + \
-    tuple(k for cls in METHODS.values() for k in cls.resume_free)
-RESUME_SCHEDULE = ('epochs', 'lr', 'lr_shed', 'lr_weights', 'lr_biases', 'weight_decay', 'warmup_epochs',
-                   'warmup_steps', 'ref_world_size') + method_schedule_keys()
-
-
 def run_prefix(args, run_id):
     """The reference's file-name stem: <wandbid>_<lmbda>_<feature_dim>_<batch>_<dataset>
     (a method without lambda: its name in place of lmbda; Method.run_tag)."""
     dim = args.projector.split('-')[-1] if args.projector else args.feature_dim
     tag = METHODS[args.method].run_tag(args, args.method)
     return f'{run_id}_{tag}_{dim}_{args.batch_size}_{args.dataset}'
-
-
-def identity_tag(args):
-    """A short digest of the run's identity: the default SLURM run name carries it, so the runs of a
-    loop inside one job (other seeds, other settings) get folders of their own, and a requeued job
-    finds its own again."""
-    identity = {k: v for k, v in sorted(vars(args).items()) if k not in RESUME_FREE + RESUME_SCHEDULE}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
-# Settings a run saved before they existed had, in effect: the value it ran with.
-SETTINGS_BEFORE_THEY_EXISTED = {'bt_loss': 'global', 'accumulate': 1}
-
-
-def restore_point(folder, args):
-    """The saved state this run continues (None for a new run) and the schedule changes it makes."""
-    saved = folder.read_state()
-    if saved is None:
-        return None, []
-    saved_args = {**SETTINGS_BEFORE_THEY_EXISTED, **saved.get('args', {})}
-    schedule = RESUME_SCHEDULE
-    if getattr(args, 'bt_loss', None) == 'imagenet_reference':  # its groups are what the loss is, not a scale
-        schedule = tuple(k for k in schedule if k != 'ref_world_size')
-    changes = check_resume(saved_args, args, RESUME_FREE, schedule, folder.resume_path)
-    if changes and saved['epoch'] >= args.epochs:
-        raise IdentityMismatch(
-            f'{folder.resume_path} holds a finished run ({saved["epoch"]} epochs); this command changes '
-            f'{", ".join(changes)} but trains nothing more. Raise --epochs to continue it with these settings, or '
-            f'give this run its own folder (--run_name)')
-    return saved, changes
 
 
 def last_finite(epochs_saved, knob):
@@ -368,7 +324,7 @@ class Trainer:
         """--skip_bad_images: every rank counts its own, the sum is logged."""
         if not self.args.skip_bad_images:
             return
-        skipped, first = datasets.take_skipped_images(getattr(self.views, 'dataset', None))
+        skipped, first = formats.take_skipped_images(getattr(self.views, 'dataset', None))
         stats['skipped_images'] = int(D.all_reduce_sum(torch.tensor([float(skipped)], device=self.device)).item())
         if stats['skipped_images'] and D.is_main():
             print(f'Epoch {epoch}: replaced {stats["skipped_images"]} unreadable images '

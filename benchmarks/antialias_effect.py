@@ -12,7 +12,6 @@ PIL path. Prints one JSON object; pixel differences are in 1/255.
 import argparse
 import json
 import os
-import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,6 +22,7 @@ from PIL import Image  # noqa: E402
 
 from mixbt import data as datasets  # noqa: E402
 from mixbt import gpu_augment as G  # noqa: E402
+from mixbt import readers  # noqa: E402
 
 INTERP = {'bilinear': TF.InterpolationMode.BILINEAR, 'bicubic': TF.InterpolationMode.BICUBIC}
 SOURCE = {'stl10': 96, 'tiny_imagenet': 64, 'cifar10': 32, 'cifar100': 32, 'fashionmnist': 32}
@@ -57,7 +57,7 @@ def source_images(args):
         real = datasets.load(args.dataset, args.data_root, 'train')
         pick = np.random.default_rng(args.seed).choice(len(real), min(args.n, len(real)), replace=False)
         return torch.from_numpy(real.images[np.sort(pick)]).permute(0, 3, 1, 2).contiguous(), f'{args.dataset} train'
-    except (datasets.DatasetNotFound, FileNotFoundError, ValueError, RuntimeError):
+    except (readers.DatasetNotFound, FileNotFoundError, ValueError, RuntimeError):
         return photo_crops(args.n, SOURCE[args.dataset], args.seed), 'crops of matplotlib\'s grace_hopper.jpg'
 
 

@@ -40,6 +40,7 @@ import torch  # noqa: E402
 
 from mixbt import data as datasets  # noqa: E402
 from mixbt import gpu_augment  # noqa: E402
+from mixbt import readers  # noqa: E402
 import main  # noqa: E402
 from benchmarks import reference_loop  # noqa: E402
 from mixbt.methods import METHODS, Progress  # noqa: E402
@@ -127,12 +128,12 @@ def training_set(args, n):
     try:
         real = datasets.load(args.dataset, args.data_root, 'train')
         if len(real) >= n and args.size is None:
-            return datasets.ArrayData(real.images[:n], real.labels[:n], real.classes), f'{args.dataset} train'
-    except (datasets.DatasetNotFound, FileNotFoundError, ValueError, RuntimeError):
+            return readers.ArrayData(real.images[:n], real.labels[:n], real.classes), f'{args.dataset} train'
+    except (readers.DatasetNotFound, FileNotFoundError, ValueError, RuntimeError):
         pass
     side = args.size or {'stl10': 96, 'tiny_imagenet': 64}.get(args.dataset, 32)
     images = np.random.default_rng(0).integers(0, 256, (n, side, side, 3), dtype=np.uint8)
-    return datasets.ArrayData(images, np.zeros(n, np.int64), ['x']), f'random uint8 {images.shape}'
+    return readers.ArrayData(images, np.zeros(n, np.int64), ['x']), f'random uint8 {images.shape}'
 
 
 def trainer_args(args, ours):

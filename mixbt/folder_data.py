@@ -24,10 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import torchvision
 
-from mixbt.data import FOLDER, SPECS, ArrayData, DatasetNotFound, Spec
+from mixbt.data import FOLDER, SPECS, Spec
 from mixbt.errors import MixBTError
 from mixbt.formats import SKIP_HINT, BadImage, LazyImages, decode_images
 from mixbt.identity import read_json
+from mixbt.readers import ArrayData, DatasetNotFound, Source
 
 LABEL_MODES = ('auto', 'subfolders', 'none')
 IMAGE_EXTENSIONS = tuple(torchvision.datasets.folder.IMG_EXTENSIONS)  # what ImageFolder reads
@@ -59,9 +60,10 @@ def folder_spec(image_size, num_classes=0, labelled=True, streamed=False, reader
                          '(about 32: CIFAR stem and views, 64: STL-10/Tiny-ImageNet, 96 and up: ImageNet)')
     base, imagenet = SPECS[family(image_size)], SPECS['imagenet']
     splits = ('train', 'train', 'val') if labelled else ('train',) * 3
-    return Spec(image_size, base.maxpool, base.size_class, imagenet.mean, imagenet.std, num_classes,
-                dataclasses.replace(base.recipe, size=image_size), splits, reader, LAYOUT, '', eval_resize=0,
-                labelled=labelled, streamed=streamed, identity=identity)
+    return Spec(size=image_size, maxpool=base.maxpool, size_class=base.size_class, mean=imagenet.mean,
+                std=imagenet.std, num_classes=num_classes, recipe=dataclasses.replace(base.recipe, size=image_size),
+                splits=splits, reader=reader, source=Source(LAYOUT, ''), eval_resize=0, labelled=labelled,
+                streamed=streamed, identity=identity)  # the small-data recipe (Spec's defaults), at any size
 
 
 # ---------------------------------------------------------------- what the folder holds

@@ -1,6 +1,6 @@
 """Decoding the on-disk formats, with errors that name the file: idx arrays, image files (one by
 one or in parallel, optionally skipping the unreadable ones with a count; or decoded on access
-in DataLoader workers, LazyImages) and the corrupt-file error shared by every reader of data.py,
+in DataLoader workers, LazyImages) and the corrupt-file error shared by every reader of readers.py,
 folder_data.py and transfer_data.py.
 """
 import gzip

@@ -5,7 +5,7 @@ of what this command would compute it from; its name (a path, a run name, a grid
 label) is never enough. The identities:
 
 * a pretraining run: its resolved settings, seed included, less the settings that may change
-  on resume (main.py's RESUME_FREE and RESUME_SCHEDULE);
+  on resume (mixbt/resume.py's RESUME_FREE and RESUME_SCHEDULE);
 * an evaluation part (kNN, linear, each transfer set): the sha256 of the checkpoint file's
   content (`file_sha256`, computed once per command) plus the settings that define the part;
 * a grid point: the complete command it runs (the sweep file's fixed flags, the point's values,

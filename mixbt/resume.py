@@ -1,10 +1,57 @@
 """What a pretraining run saves to continue as if never stopped (last.pth), and how it continues:
-the training state, every rank's random-generator state, and the optimiser settings of the
-continuing command."""
+which settings may change on resume, the training state, every rank's random-generator state, and
+the optimiser settings of the continuing command."""
+import hashlib
+import json
+
 import torch
 
 from mixbt import distributed as D
+from mixbt.identity import IdentityMismatch, check_resume
+from mixbt.methods import METHODS, method_schedule_keys
 from mixbt.runtime import rng_state, set_rng_state
+
+# On resume: settings that may change silently (where things live, how fast it runs, what is
+# monitored), and schedule settings that may change on purpose (e.g. more --epochs), announced
+# and applied. Every other setting, the seed included, is what the run is (identity.check_resume).
+RESUME_FREE = ('resume', 'run_name', 'results_dir', 'data_root', 'workers', 'gpu', 'download', 'log_every',
+               'knn_every', 'knn_init', 'save_every', 'precision', 'channels_last', 'compile', 'aug', 'fuse_views',
+               'sync_bn', 'temperature', 'k', 'skip_bad_images', 'visuals', 'max_memory_gb',
+               'overfitting_monitors') + \
+    tuple(k for cls in METHODS.values() for k in cls.resume_free)
+RESUME_SCHEDULE = ('epochs', 'lr', 'lr_shed', 'lr_weights', 'lr_biases', 'weight_decay', 'warmup_epochs',
+                   'warmup_steps', 'ref_world_size') + method_schedule_keys()
+
+
+def identity_tag(args):
+    """A short digest of the run's identity: the default SLURM run name carries it, so the runs of a
+    loop inside one job (other seeds, other settings) get folders of their own, and a requeued job
+    finds its own again."""
+    identity = {k: v for k, v in sorted(vars(args).items()) if k not in RESUME_FREE + RESUME_SCHEDULE}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+# Settings a run saved before they existed had, in effect: the value it ran with.
+SETTINGS_BEFORE_THEY_EXISTED = {'bt_loss': 'global', 'accumulate': 1}
+
+
+def restore_point(folder, args):
+    """The saved state this run continues (None for a new run) and the schedule changes it makes."""
+    saved = folder.read_state()
+    if saved is None:
+        return None, []
+    saved_args = {**SETTINGS_BEFORE_THEY_EXISTED, **saved.get('args', {})}
+    schedule = RESUME_SCHEDULE
+    if getattr(args, 'bt_loss', None) == 'imagenet_reference':  # its groups are what the loss is, not a scale
+        schedule = tuple(k for k in schedule if k != 'ref_world_size')
+    changes = check_resume(saved_args, args, RESUME_FREE, schedule, folder.resume_path)
+    if changes and saved['epoch'] >= args.epochs:
+        raise IdentityMismatch(
+            f'{folder.resume_path} holds a finished run ({saved["epoch"]} epochs); this command changes '
+            f'{", ".join(changes)} but trains nothing more. Raise --epochs to continue it with these settings, or '
+            f'give this run its own folder (--run_name)')
+    return saved, changes
+
 
 
 def method_extra_state(method):

@@ -2,7 +2,7 @@
 normalisation statistics, on-disk layout and source (TRANSFER), and the errors that name them.
 
 The readers of each set's official files, and load_transfer, are transfer_readers.py's. A
-missing data set or image raises data.DatasetNotFound (not_found) naming the folder searched,
+missing data set or image raises readers.DatasetNotFound (not_found) naming the folder searched,
 the layout expected and where to get it; an unreadable or inconsistent index file raises
 TransferDataError (bad_index) naming the file and line. Both are MixBTErrors with one-line
 messages.
@@ -10,8 +10,8 @@ messages.
 import os
 from dataclasses import dataclass
 
-from mixbt.data import DatasetNotFound
 from mixbt.errors import MixBTError
+from mixbt.readers import DatasetNotFound
 
 
 class TransferDataError(MixBTError, ValueError):

@@ -17,7 +17,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from mixbt import data
+from mixbt import formats, readers
 from mixbt.transfer_data import CUB_URL, FLOWERS_SPLITS, TRANSFER, TransferDataError, bad_index, not_found
 
 
@@ -152,9 +152,9 @@ def _mnist_like(name, folders, root, train, classes):
     # torchvision's MNIST wants its processed/ layout and unzipped files; read the idx files directly.
     prefix = 'train' if train else 't10k'
     for kind in ('images-idx3', 'labels-idx1'):
-        if data.find_idx(folders, f'{prefix}-{kind}-ubyte') is None:
+        if formats.find_idx(folders, f'{prefix}-{kind}-ubyte') is None:
             raise not_found(name, root, f'no {prefix}-{kind}-ubyte[.gz]; searched ' + ', '.join(folders))
-    images, labels = data.load_mnist_like(folders, 'train' if train else 'test', name, root)
+    images, labels = readers.load_mnist_like(folders, 'train' if train else 'test', name, root)
     return GreyImages(images, labels, classes)
 
 
@@ -168,7 +168,7 @@ def load_mnist(root, train, download=False):
 def load_fashionmnist(root, train, download=False):
     if download:
         _download('fashionmnist', root, lambda: torchvision.datasets.FashionMNIST(root, train=train, download=True))
-    return _mnist_like('fashionmnist', data.fashion_mnist_folders(root), root, train, data.FASHION_CLASSES)
+    return _mnist_like('fashionmnist', readers.fashion_mnist_folders(root), root, train, readers.FASHION_CLASSES)
 
 
 # ---------------------------------------------------------------- CUB-200-2011

@@ -9,6 +9,7 @@ from PIL import Image
 
 from mixbt import augment
 from mixbt import data
+from mixbt import readers
 import fakedata
 from mixbt.errors import MixBTError
 
@@ -76,7 +77,7 @@ def test_fashion_mnist_reads_idx_files_gz_or_raw(tmp_path, gz):
 
 
 def test_fashion_mnist_system_package_is_found(tmp_path):
-    if not os.path.isfile(os.path.join(data.FASHION_MNIST_SYSTEM_DIR, 't10k-labels-idx1-ubyte.gz')):
+    if not os.path.isfile(os.path.join(readers.FASHION_MNIST_SYSTEM_DIR, 't10k-labels-idx1-ubyte.gz')):
         pytest.skip('Debian package dataset-fashion-mnist is not installed')
     d = data.load('fashionmnist', str(tmp_path / 'empty'), 'test')
     assert d.images.shape == (10000, 32, 32, 3) and np.bincount(d.labels).tolist() == [1000] * 10
@@ -84,21 +85,21 @@ def test_fashion_mnist_system_package_is_found(tmp_path):
 
 def test_imagenet_image_folder(tmp_path):
     fakedata.write_image_folder(str(tmp_path / 'train'))
-    ds = data.image_folder('imagenet', str(tmp_path), 'train')
+    ds = readers.image_folder('imagenet', str(tmp_path), 'train')
     assert len(ds) == 6 and ds.classes == ['n01', 'n02']
 
 
 @pytest.mark.parametrize('name,needle', [('cifar10', 'cifar-10-batches-py'), ('cifar100', 'cifar-100-python'),
                                          ('stl10', 'stl10_binary'), ('tiny_imagenet', 'val_annotations.txt')])
 def test_missing_data_set_names_path_and_layout(tmp_path, name, needle):
-    with pytest.raises(data.DatasetNotFound) as e:
+    with pytest.raises(readers.DatasetNotFound) as e:
         data.load(name, str(tmp_path / 'nowhere'), 'train')
     assert str(tmp_path / 'nowhere') in str(e.value) and needle in str(e.value) and '--download' in str(e.value)
 
 
 def test_missing_imagenet_names_path(tmp_path):
-    with pytest.raises(data.DatasetNotFound, match='ImageFolder layout'):
-        data.image_folder('imagenet', str(tmp_path), 'train')
+    with pytest.raises(readers.DatasetNotFound, match='ImageFolder layout'):
+        readers.image_folder('imagenet', str(tmp_path), 'train')
 
 
 def test_unknown_data_set_is_a_clear_error(tmp_path):
@@ -118,8 +119,8 @@ def test_download_without_network_is_a_clear_error(tmp_path, monkeypatch, name, 
         for fn in ('download_and_extract_archive', 'download_url'):
             if hasattr(module, fn):
                 monkeypatch.setattr(module, fn, offline)
-    monkeypatch.setattr(data, 'FASHION_MNIST_SYSTEM_DIR', str(tmp_path / 'no-debian-package'))
-    with pytest.raises(data.DatasetNotFound) as e:
+    monkeypatch.setattr(readers, 'FASHION_MNIST_SYSTEM_DIR', str(tmp_path / 'no-debian-package'))
+    with pytest.raises(readers.DatasetNotFound) as e:
         data.load(name, str(tmp_path), 'train', download=True)
     message = str(e.value)
     assert '--download failed (' in message and needle in message and str(tmp_path) in message

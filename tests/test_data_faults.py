@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from mixbt import data
+from mixbt import formats
+from mixbt import readers
 import fakedata
 from mixbt.errors import MixBTError
 
@@ -27,7 +29,7 @@ def test_truncated_cifar_pickle_names_data_set_file_and_fix(tmp_path, name, fold
     fakedata.write_cifar(str(tmp_path), name)
     path = str(tmp_path / folder / file)
     fakedata.truncate(path, 1000)
-    with pytest.raises(data.CorruptData) as e:
+    with pytest.raises(formats.CorruptData) as e:
         data.load(name, str(tmp_path), 'train')
     one_line_error(e, f'{name}: {path} is truncated or corrupt', '--download', folder)
     data.load(name, str(tmp_path), 'test')  # the other split's files are fine
@@ -48,7 +50,7 @@ def test_cifar_rows_must_be_3072_bytes_per_image(tmp_path):
     with open(path, 'rb') as f:
         rows = pickle.load(f, encoding='latin1')['data']
     rewrite_pickle(path, data=rows.reshape(-1)[:len(rows) * 3000].reshape(len(rows), 3000))
-    with pytest.raises(data.CorruptData) as e:
+    with pytest.raises(formats.CorruptData) as e:
         data.load('cifar10', str(tmp_path), 'test')
     one_line_error(e, path, '3072 bytes', '(20, 3000)')
 
@@ -58,7 +60,7 @@ def test_cifar_label_count_must_equal_image_count(tmp_path):
     path = str(tmp_path / 'cifar-100-python' / 'test')
     entry = rewrite_pickle(path)
     rewrite_pickle(path, fine_labels=entry['fine_labels'][:-1])
-    with pytest.raises(data.CorruptData) as e:
+    with pytest.raises(formats.CorruptData) as e:
         data.load('cifar100', str(tmp_path), 'test')
     one_line_error(e, path, '20 images but 19 labels')
 
@@ -68,7 +70,7 @@ def test_short_stl10_binary_gives_sizes_not_a_reshape_error(tmp_path):
     fakedata.write_stl10(str(tmp_path))
     path = str(tmp_path / 'stl10_binary' / 'train_X.bin')
     fakedata.truncate(path, 1000)
-    with pytest.raises(data.CorruptData) as e:
+    with pytest.raises(formats.CorruptData) as e:
         data.load('stl10', str(tmp_path), 'train')
     one_line_error(e, f'stl10: {path}', f'{20 * 27648 - 1000} bytes', 'multiple of 27648', 'found 19 images and',
                    '--download')
@@ -77,7 +79,7 @@ def test_short_stl10_binary_gives_sizes_not_a_reshape_error(tmp_path):
 def test_stl10_binary_missing_whole_images_disagrees_with_label_file(tmp_path):
     fakedata.write_stl10(str(tmp_path))
     fakedata.truncate(str(tmp_path / 'stl10_binary' / 'test_X.bin'), 2 * 27648)
-    with pytest.raises(data.CorruptData) as e:
+    with pytest.raises(formats.CorruptData) as e:
         data.load('stl10', str(tmp_path), 'test')
     one_line_error(e, 'test_y.bin', '10 labels', '(8 images)')
 
@@ -86,7 +88,7 @@ def test_short_unlabeled_binary_is_named_for_the_ssl_split(tmp_path):
     fakedata.write_stl10(str(tmp_path))
     path = str(tmp_path / 'stl10_binary' / 'unlabeled_X.bin')
     fakedata.truncate(path, 5)
-    with pytest.raises(data.CorruptData) as e:
+    with pytest.raises(formats.CorruptData) as e:
         data.load('stl10', str(tmp_path), 'train+unlabeled')
     one_line_error(e, path)
     assert len(data.load('stl10', str(tmp_path), 'train')) == 20
@@ -97,7 +99,7 @@ def test_short_idx_file_gives_header_size_against_payload(tmp_path):
     fakedata.write_mnist_like(str(tmp_path / 'FashionMNIST' / 'raw'), gz=False)
     path = str(tmp_path / 'FashionMNIST' / 'raw' / 'train-images-idx3-ubyte')
     fakedata.truncate(path, 1000)
-    with pytest.raises(data.CorruptData) as e:
+    with pytest.raises(formats.CorruptData) as e:
         data.load('fashionmnist', str(tmp_path), 'train')
     one_line_error(e, f'fashionmnist: {path}', '40x28x28 = 31360 bytes', f'found {31360 - 1000}', '--download')
 
@@ -106,7 +108,7 @@ def test_truncated_gzip_idx_file_is_named(tmp_path):
     fakedata.write_mnist_like(str(tmp_path / 'FashionMNIST' / 'raw'), gz=True)
     path = str(tmp_path / 'FashionMNIST' / 'raw' / 't10k-images-idx3-ubyte.gz')
     fakedata.truncate(path, 200)
-    with pytest.raises(data.CorruptData) as e:
+    with pytest.raises(formats.CorruptData) as e:
         data.load('fashionmnist', str(tmp_path), 'test')
     one_line_error(e, path, 'cannot decompress it (EOFError')
 
@@ -116,7 +118,7 @@ def test_file_that_is_not_gzip_under_a_gz_name_is_named(tmp_path):
     path = str(tmp_path / 'FashionMNIST' / 'raw' / 'train-labels-idx1-ubyte.gz')
     with open(path, 'wb') as f:
         f.write(b'<html>404</html>')
-    with pytest.raises(data.CorruptData) as e:
+    with pytest.raises(formats.CorruptData) as e:
         data.load('fashionmnist', str(tmp_path), 'train')
     one_line_error(e, path, 'BadGzipFile')
 
@@ -125,7 +127,7 @@ def test_idx_label_count_must_equal_image_count(tmp_path):
     folder = tmp_path / 'FashionMNIST' / 'raw'
     written = fakedata.write_mnist_like(str(folder), gz=False)
     fakedata.write_idx(str(folder / 't10k-labels-idx1-ubyte'), written['t10k'][1][:-3])
-    with pytest.raises(data.CorruptData) as e:
+    with pytest.raises(formats.CorruptData) as e:
         data.load('fashionmnist', str(tmp_path), 'test')
     one_line_error(e, 'fashionmnist: ' + str(folder / 't10k-labels-idx1-ubyte'), '(17,) labels', '(20)')
 
@@ -148,7 +150,7 @@ def damage_tiny_imagenet(root):
 def test_unreadable_tiny_imagenet_image_is_named_with_the_count(tmp_path, workers):
     fakedata.write_tiny_imagenet(str(tmp_path))
     junk, _, _ = damage_tiny_imagenet(str(tmp_path))
-    with pytest.raises(data.BadImage) as e:
+    with pytest.raises(formats.BadImage) as e:
         data.load('tiny_imagenet', str(tmp_path), 'train', workers=workers)
     one_line_error(e, 'tiny_imagenet train: 3 of the 12 images', f'first {junk} (UnidentifiedImageError',
                    '--skip_bad_images')
@@ -162,7 +164,7 @@ def test_skip_bad_leaves_out_tiny_imagenet_images_and_reports_how_many(tmp_path,
     d = data.load('tiny_imagenet', str(tmp_path), 'train', workers=workers, skip_bad=True)
     assert d.images.shape == (9, 64, 64, 3) and d.labels.tolist() == [0] * 3 + [1] * 3 + [2] * 3
     assert 'tiny_imagenet train: 3 of the 12 images cannot be read' in capsys.readouterr().out
-    paths, _, _ = data.tiny_imagenet_files(str(tmp_path), 'train')
+    paths, _, _ = readers.tiny_imagenet_files(str(tmp_path), 'train')
     kept = [p for p in paths if p not in (junk, cut, small)]
     from PIL import Image
     np.testing.assert_array_equal(d.images[4], np.asarray(Image.open(kept[4]).convert('RGB')))
@@ -184,9 +186,9 @@ def to_tensor(img):
 
 def test_unreadable_imagenet_image_in_a_worker_is_one_line_naming_the_file(tmp_path):
     junk, _ = image_folder_with_junk(str(tmp_path))
-    ds = data.image_folder('imagenet', str(tmp_path), 'train', to_tensor)
+    ds = readers.image_folder('imagenet', str(tmp_path), 'train', to_tensor)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, [1]), num_workers=1)
-    with pytest.raises(data.BadImage) as e:
+    with pytest.raises(formats.BadImage) as e:
         list(loader)
     one_line_error(e, f'imagenet: cannot read image {junk}', 'UnidentifiedImageError', '--skip_bad_images')
 
@@ -195,7 +197,7 @@ def test_unreadable_imagenet_image_in_a_worker_is_one_line_naming_the_file(tmp_p
 @pytest.mark.parametrize('context', ['fork', pytest.param('spawn', marks=pytest.mark.slow)])
 def test_skip_bad_replaces_imagenet_images_and_counts_them_across_workers(tmp_path, context):
     bad = image_folder_with_junk(str(tmp_path))
-    ds = data.image_folder('imagenet', str(tmp_path), 'train', to_tensor, skip_bad=True)
+    ds = readers.image_folder('imagenet', str(tmp_path), 'train', to_tensor, skip_bad=True)
     for epoch in range(2 if context == 'fork' else 1):
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(len(ds))), batch_size=2,
                                              num_workers=2, multiprocessing_context=context)
@@ -204,24 +206,24 @@ def test_skip_bad_replaces_imagenet_images_and_counts_them_across_workers(tmp_pa
         assert torch.cat(labels).tolist() == [0, 0, 0, 0, 1, 1, 1, 0]
         images = torch.cat(images)
         assert torch.equal(images[1], images[2]) and torch.equal(images[7], images[0])
-        count, first = data.take_skipped_images(loader.dataset)
+        count, first = formats.take_skipped_images(loader.dataset)
         assert count == 2 and first in bad
-        assert data.take_skipped_images(loader.dataset) == (0, None)  # read and reset
+        assert formats.take_skipped_images(loader.dataset) == (0, None)  # read and reset
 
 
 def test_skip_bad_counts_skips_in_the_main_process_too(tmp_path):
     image_folder_with_junk(str(tmp_path))
-    ds = data.image_folder('imagenet', str(tmp_path), 'train', skip_bad=True)
+    ds = readers.image_folder('imagenet', str(tmp_path), 'train', skip_bad=True)
     assert [ds[i][1] for i in range(len(ds))] == [0, 0, 0, 0, 1, 1, 1, 0]
-    assert data.take_skipped_images(ds)[0] == 2
-    assert data.take_skipped_images(torch.utils.data.TensorDataset(torch.zeros(1))) == (0, None)
+    assert formats.take_skipped_images(ds)[0] == 2
+    assert formats.take_skipped_images(torch.utils.data.TensorDataset(torch.zeros(1))) == (0, None)
 
 
 def test_imagenet_folder_of_only_unreadable_images_is_an_error(tmp_path):
     fakedata.write_image_folder(str(tmp_path / 'train'), classes=('n01',), per_class=2)
     for fn in os.listdir(tmp_path / 'train' / 'n01'):
         fakedata.write_junk_image(str(tmp_path / 'train' / 'n01' / fn))
-    ds = data.image_folder('imagenet', str(tmp_path), 'train', skip_bad=True)
-    with pytest.raises(data.BadImage) as e:
+    ds = readers.image_folder('imagenet', str(tmp_path), 'train', skip_bad=True)
+    with pytest.raises(formats.BadImage) as e:
         ds[0]
     one_line_error(e, 'none of the 2 images')

@@ -7,6 +7,7 @@ import pytest
 
 from mixbt import config
 from mixbt import data as datasets
+from mixbt import readers
 import model as models
 
 
@@ -14,7 +15,8 @@ import model as models
 def subset_row(monkeypatch):
     """'imagenet_subset': an ImageNet-style image folder of 100 classes with a recipe of its own."""
     row = dataclasses.replace(datasets.SPECS['imagenet'], num_classes=100, optimizer='sgd', lr_shed='cosine',
-                              projector='2048-2048', ref_world_size=0)
+                              projector='2048-2048', ref_world_size=0,
+                              source=readers.Source('imagenet100/{train,val}/<wnid>/*.JPEG', 'https://example.org/in100'))
     monkeypatch.setitem(datasets.SPECS, 'imagenet_subset', row)
     monkeypatch.setattr(datasets, 'DATASETS', (*datasets.DATASETS, 'imagenet_subset'))
     return row
@@ -44,3 +46,9 @@ def test_flags_still_override_the_row(subset_row):
     args = config.get_args(['--dataset', 'imagenet_subset', '--method', 'mixbt', '--optimizer', 'lars',
                             '--lr_shed', 'step', '--projector', '512-512'])
     assert (args.optimizer, args.lr_shed, args.projector) == ('lars', 'step', '512-512')
+
+
+def test_a_new_image_folder_row_names_its_own_layout_when_missing(subset_row, tmp_path):
+    with pytest.raises(readers.DatasetNotFound) as e:
+        datasets.image_folder('imagenet_subset', str(tmp_path), 'train')
+    assert 'imagenet100/{train,val}' in str(e.value) and 'https://example.org/in100' in str(e.value)

@@ -15,7 +15,7 @@ import fake_transfer
 import fakedata
 import linear
 import transfer
-from mixbt import data, identity, knn, probe, probe_runs
+from mixbt import identity, knn, probe, probe_runs, readers
 from mixbt.errors import MixBTError
 from test_eval import kill_in_second_epoch, released_checkpoint
 from test_evaluate import count_calls, independent_knn, read_csv
@@ -34,7 +34,7 @@ def no_plots(monkeypatch):
 def cifar_root(tmp_path, monkeypatch):
     root = tmp_path / 'data'
     fakedata.write_cifar(str(root), 'cifar10', n_train=10, n_test=5)
-    monkeypatch.setattr(data, 'FASHION_MNIST_SYSTEM_DIR', str(tmp_path / 'no-system-copy'))
+    monkeypatch.setattr(readers, 'FASHION_MNIST_SYSTEM_DIR', str(tmp_path / 'no-system-copy'))
     return str(root)
 
 

@@ -16,6 +16,7 @@ import evaluate
 import fake_transfer
 import fakedata
 from mixbt import knn
+from mixbt import readers
 import linear
 import model as M
 import transfer
@@ -52,7 +53,7 @@ def data_root(tmp_path, monkeypatch):
     fakedata.write_cifar(str(root), 'cifar10', n_train=10, n_test=5)
     fakedata.write_dtd(str(root), per_split=1)
     fake_transfer.write_gtsdb(str(root), counts={0: 3, 7: 3})
-    monkeypatch.setattr(data, 'FASHION_MNIST_SYSTEM_DIR', str(tmp_path / 'no-system-copy'))
+    monkeypatch.setattr(readers, 'FASHION_MNIST_SYSTEM_DIR', str(tmp_path / 'no-system-copy'))
     return str(root)
 
 

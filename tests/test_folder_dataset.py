@@ -10,20 +10,20 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from mixbt import augment, folder_data
+from mixbt import augment, folder_data, formats, readers
 from mixbt import data as datasets
 from mixbt.errors import MixBTError
 from mixbt.formats import BadImage, LazyImages
 
 PER_CLASS = 30
-CLASSES = [f'{i}-{name.replace("/", "-")}' for i, name in enumerate(datasets.FASHION_CLASSES)]
+CLASSES = [f'{i}-{name.replace("/", "-")}' for i, name in enumerate(readers.FASHION_CLASSES)]
 
 
 @pytest.fixture(scope='module')
 def fashion():
     """(images (N, 28, 28) uint8, labels): the first PER_CLASS test images of each class."""
-    images = datasets.read_idx(os.path.join(datasets.FASHION_MNIST_SYSTEM_DIR, 't10k-images-idx3-ubyte.gz'))
-    labels = datasets.read_idx(os.path.join(datasets.FASHION_MNIST_SYSTEM_DIR, 't10k-labels-idx1-ubyte.gz'))
+    images = readers.read_idx(os.path.join(readers.FASHION_MNIST_SYSTEM_DIR, 't10k-images-idx3-ubyte.gz'))
+    labels = readers.read_idx(os.path.join(readers.FASHION_MNIST_SYSTEM_DIR, 't10k-labels-idx1-ubyte.gz'))
     keep = np.concatenate([np.flatnonzero(labels == c)[:PER_CLASS] for c in range(10)])
     return images[keep], labels[keep].astype(np.int64)
 
@@ -251,7 +251,7 @@ def test_a_folder_without_images_is_an_error_naming_it(content, tmp_path):
 
 
 def test_a_missing_folder_is_not_found(tmp_path):
-    with pytest.raises(datasets.DatasetNotFound) as e:
+    with pytest.raises(readers.DatasetNotFound) as e:
         resolve(tmp_path / 'nowhere')
     one_line(e, f'no folder {tmp_path / "nowhere"}', 'point --data_root at the folder of your images')
 
@@ -328,9 +328,9 @@ def test_streamed_folder_names_empty_files_at_load_and_replaces_unreadable_ones_
     dataset = torch.utils.data.Subset(augment.ArrayDataset(train, augment.eval_transform('folder')), range(269))
     loader = torch.utils.data.DataLoader(dataset, batch_size=100, num_workers=workers)
     assert sum(len(x) for x, _ in loader) == 269
-    count, first = datasets.take_skipped_images(dataset)
+    count, first = formats.take_skipped_images(dataset)
     assert count == 2 and first in (junk, cut) and spec.streamed
-    assert datasets.take_skipped_images(dataset) == (0, None)
+    assert formats.take_skipped_images(dataset) == (0, None)
 
 
 # ---------------------------------------------------------------- the tools' side

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from mixbt import data as datasets
+from mixbt import readers
 from mixbt.errors import MixBTError
 
 TINY = ['--arch', 'resnet18', '--feature_dim', '16', '--batch_size', '16', '--epochs', '1', '--workers', '0',
@@ -16,8 +17,8 @@ TINY = ['--arch', 'resnet18', '--feature_dim', '16', '--batch_size', '16', '--ep
 
 
 def write_folder(root, per_class=8, classes=4, labelled=True):
-    images = datasets.read_idx(os.path.join(datasets.FASHION_MNIST_SYSTEM_DIR, 't10k-images-idx3-ubyte.gz'))
-    labels = datasets.read_idx(os.path.join(datasets.FASHION_MNIST_SYSTEM_DIR, 't10k-labels-idx1-ubyte.gz'))
+    images = readers.read_idx(os.path.join(readers.FASHION_MNIST_SYSTEM_DIR, 't10k-images-idx3-ubyte.gz'))
+    labels = readers.read_idx(os.path.join(readers.FASHION_MNIST_SYSTEM_DIR, 't10k-labels-idx1-ubyte.gz'))
     for c in range(classes):
         folder = os.path.join(root, f'class{c}' if labelled else '')
         os.makedirs(folder, exist_ok=True)

@@ -21,6 +21,7 @@ from mixbt import augment
 from mixbt import data
 from mixbt import distributed as D
 from mixbt import gpu_augment as G
+from mixbt import readers
 from mixbt.gpu_colour import hue_group_bounds
 
 
@@ -319,7 +320,7 @@ def test_per_batch_path_never_reads_device_values(name, size):
 def indexed_set(n, size=32):
     """Image k is filled with the value k: the views of an identity augmentation name their images."""
     images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, size, size, 3)).copy()
-    return data.ArrayData(images, np.zeros(n, np.int64), ['x'])
+    return readers.ArrayData(images, np.zeros(n, np.int64), ['x'])
 
 
 def views_args(**kw):
@@ -327,7 +328,7 @@ def views_args(**kw):
 
 
 def test_device_views_interface_and_channels_last():
-    train = data.ArrayData(smooth_images(44, 32).permute(0, 2, 3, 1).numpy(), np.zeros(44, np.int64), ['x'])
+    train = readers.ArrayData(smooth_images(44, 32).permute(0, 2, 3, 1).numpy(), np.zeros(44, np.int64), ['x'])
     views = G.DeviceViews(views_args(channels_last=True), train, 2, torch.device('cpu'))
     assert len(views) == 5  # 44 // 8, the last partial batch dropped
     batches = list(views.epoch(0))
@@ -339,7 +340,7 @@ def test_device_views_interface_and_channels_last():
 
 
 def test_epoch_is_identical_after_a_resume():
-    train = data.ArrayData(smooth_images(40, 32).permute(0, 2, 3, 1).numpy(), np.zeros(40, np.int64), ['x'])
+    train = readers.ArrayData(smooth_images(40, 32).permute(0, 2, 3, 1).numpy(), np.zeros(40, np.int64), ['x'])
     straight = G.DeviceViews(views_args(), train, 2, torch.device('cpu'))
     first = [torch.cat(v) for v in straight.epoch(0)]
     second = [torch.cat(v) for v in straight.epoch(1)]
@@ -368,7 +369,7 @@ def test_each_rank_takes_its_contiguous_slice_of_the_same_global_batch(monkeypat
 
 
 def test_ranks_draw_different_augmentations(monkeypatch):
-    train = data.ArrayData(np.full((16, 32, 32, 3), 128, np.uint8), np.zeros(16, np.int64), ['x'])  # all equal
+    train = readers.ArrayData(np.full((16, 32, 32, 3), 128, np.uint8), np.zeros(16, np.int64), ['x'])  # all equal
     monkeypatch.setattr(D, 'world_size', lambda: 2)
     out = []
     for r in range(2):
@@ -379,7 +380,7 @@ def test_ranks_draw_different_augmentations(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_device_views_never_synchronise_on_cuda():
-    train = data.ArrayData(smooth_images(64, 32).permute(0, 2, 3, 1).numpy(), np.zeros(64, np.int64), ['x'])
+    train = readers.ArrayData(smooth_images(64, 32).permute(0, 2, 3, 1).numpy(), np.zeros(64, np.int64), ['x'])
     steps = G.DeviceViews(views_args(channels_last=True), train, 2, torch.device('cuda')).epoch(0)
     next(steps)  # uploads the epoch's permutation and caches the constants: the only waits
     torch.cuda.set_sync_debug_mode('error')

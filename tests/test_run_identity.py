@@ -12,6 +12,7 @@ import pytest
 import main
 from mixbt.config import applicable_settings, get_args
 from mixbt.errors import MixBTError
+from mixbt import resume
 from mixbt.runs import fixed_name
 
 from test_faults import TINY, cifar_root, common  # noqa: F401 (cifar_root: the same tiny fixture)
@@ -36,12 +37,12 @@ def test_a_finished_run_is_not_reported_for_another_seed_or_lr(cifar_root, tmp_p
 
 def test_runs_of_a_loop_in_one_slurm_job_get_folders_of_their_own(monkeypatch):
     monkeypatch.setenv('SLURM_JOB_ID', '4242')
-    names = {fixed_name(args, slurm_tag=main.identity_tag(args)) for args in
+    names = {fixed_name(args, slurm_tag=resume.identity_tag(args)) for args in
              (get_args(['--seed', '0']), get_args(['--seed', '1']), get_args(['--lmbda', '0.01']))}
     assert len(names) == 3 and all(n.startswith('slurm4242_') for n in names)
     # a requeued job (the same command, more epochs, another data root) finds its folder again
     again = get_args(['--seed', '0', '--epochs', '2000', '--data_root', 'elsewhere'])
-    assert fixed_name(again, slurm_tag=main.identity_tag(again)) in names
+    assert fixed_name(again, slurm_tag=resume.identity_tag(again)) in names
 
 
 # ------------------------------------------------------------------ run names that lead elsewhere

@@ -13,6 +13,7 @@ from mixbt import data
 import fakedata
 import main
 from mixbt import checkpoints as C
+from mixbt import readers
 import model as M
 
 FAST = ['--visuals', 'false', '--arch', 'resnet18', '--feature_dim', '32', '--batch_size', '8', '--workers', '0', '--lr', '0.01',
@@ -23,7 +24,7 @@ FAST = ['--visuals', 'false', '--arch', 'resnet18', '--feature_dim', '32', '--ba
 @pytest.fixture
 def fashion_root(tmp_path):
     """Real Fashion-MNIST from the Debian package when installed (CI installs it), else tiny idx files."""
-    if os.path.isfile(os.path.join(data.FASHION_MNIST_SYSTEM_DIR, 'train-images-idx3-ubyte.gz')):
+    if os.path.isfile(os.path.join(readers.FASHION_MNIST_SYSTEM_DIR, 'train-images-idx3-ubyte.gz')):
         return str(tmp_path / 'no-local-copy')
     fakedata.write_mnist_like(str(tmp_path / 'data' / 'FashionMNIST' / 'raw'))
     return str(tmp_path / 'data')

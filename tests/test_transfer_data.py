@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mixbt import data
+from mixbt import readers
 import fake_transfer
 import fakedata
 from mixbt import transfer_readers
@@ -82,7 +82,7 @@ def test_fashionmnist_reads_its_own_files_not_mnist(tmp_path):
     fakedata.write_mnist_like(str(tmp_path / 'MNIST' / 'raw'), n_train=12, n_test=6, seed=1)
     written = fakedata.write_mnist_like(str(tmp_path / 'FashionMNIST' / 'raw'), n_train=10, n_test=5, seed=2)
     ds = load_transfer('fashionmnist', str(tmp_path), False)
-    assert len(ds) == 5 and ds.labels == written['t10k'][1].tolist() and ds.classes == data.FASHION_CLASSES
+    assert len(ds) == 5 and ds.labels == written['t10k'][1].tolist() and ds.classes == readers.FASHION_CLASSES
     np.testing.assert_array_equal(np.asarray(ds[4][0])[..., 1], written['t10k'][0][4])
 
 
@@ -246,9 +246,9 @@ def test_transform_is_applied_and_datasets_pickle_for_workers(tmp_path):
 @pytest.mark.parametrize('train', [True, False])
 def test_missing_data_set_says_where_it_looked_and_what_it_wants(tmp_path, monkeypatch, name, train):
     # The Debian package of Fashion-MNIST may be installed here: hide it.
-    monkeypatch.setattr(data, 'FASHION_MNIST_SYSTEM_DIR', str(tmp_path / 'no-system-package'))
+    monkeypatch.setattr(readers, 'FASHION_MNIST_SYSTEM_DIR', str(tmp_path / 'no-system-package'))
     root = tmp_path / 'empty'
-    with pytest.raises(data.DatasetNotFound) as e:
+    with pytest.raises(readers.DatasetNotFound) as e:
         load_transfer(name, str(root), train)
     message = str(e.value)
     assert str(root) in message and TRANSFER[name].layout in message and TRANSFER[name].url in message
@@ -274,7 +274,7 @@ def test_partly_missing_data_set_is_not_found(tmp_path, name, remove):
         path.rmdir()
     else:
         path.unlink()
-    with pytest.raises(data.DatasetNotFound, match=name.split('_official')[0]):
+    with pytest.raises(readers.DatasetNotFound, match=name.split('_official')[0]):
         load(name, tmp_path, False)
 
 
@@ -316,7 +316,7 @@ def test_every_listed_image_is_checked_before_the_data_set_is_made(tmp_path, nam
         gone = paths[-2]
     assert gone not in (paths[0], paths[-1])
     os.remove(gone)
-    with pytest.raises(data.DatasetNotFound) as e:
+    with pytest.raises(readers.DatasetNotFound) as e:
         load(name, tmp_path, train)
     message = str(e.value)
     assert f'missing image {gone} (listed in {tmp_path / listing}' in message and '\n' not in message
