@@ -27,7 +27,8 @@ from mixbt import monitors
 from mixbt import probe
 from mixbt.probe import format_time
 from mixbt.accumulate import accumulated_step, check_accumulate
-from mixbt.checkpoints import atomic_save, load_strict, non_finite_entries
+from mixbt.checkpoints import load_strict
+from mixbt.saving import atomic_save, non_finite_entries
 from mixbt.config import get_args, print_config, resolve_aug
 from mixbt.errors import MixBTError
 from mixbt.methods import METHODS, Progress

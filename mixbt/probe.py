@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mixbt import distributed as D
-from mixbt.checkpoints import atomic_save
+from mixbt.saving import atomic_save
 from mixbt.errors import MixBTError
 from mixbt.identity import write_json
 from mixbt.probe_runs import folder_held, open_run, probe_identity

@@ -16,7 +16,8 @@ import os
 import socket
 
 from mixbt import distributed as D
-from mixbt.checkpoints import CheckpointError, read_checkpoint, remove_stale_temporaries
+from mixbt.checkpoints import CheckpointError, read_checkpoint
+from mixbt.saving import remove_stale_temporaries
 from mixbt.errors import MixBTError
 from mixbt.runlog import new_run_id
 

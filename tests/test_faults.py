@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mixbt import checkpoints as C
+from mixbt import saving
 import fakedata
 import linear
 import main
@@ -76,15 +77,15 @@ def test_a_non_finite_buffer_is_never_saved_and_the_run_continues_from_the_last_
     for f in os.listdir(run):
         if f.endswith('.pth'):
             state = torch.load(run / f, weights_only=True)
-            assert not C.non_finite_entries(state.get('model', state)), f
+            assert not saving.non_finite_entries(state.get('model', state)), f
     monkeypatch.setattr(main, 'train_one_epoch', real)
     assert main.main(args) == str(run)  # resumable from the last finite state
     assert torch.load(run / 'last.pth', weights_only=True)['epoch'] == 3
 
 
 def test_atomic_save_refuses_a_non_finite_tensor(tmp_path):
-    with pytest.raises(C.NonFiniteState, match=r'model\.w is not finite'):
-        C.atomic_save({'model': {'w': torch.tensor([1.0, float('nan')])}}, str(tmp_path / 'x.pth'))
+    with pytest.raises(saving.NonFiniteState, match=r'model\.w is not finite'):
+        saving.atomic_save({'model': {'w': torch.tensor([1.0, float('nan')])}}, str(tmp_path / 'x.pth'))
     assert os.listdir(tmp_path) == []
 
 

@@ -13,7 +13,7 @@ import types
 import pytest
 import torch
 
-from mixbt import checkpoints, runlog
+from mixbt import runlog, saving
 
 
 @pytest.fixture
@@ -179,8 +179,8 @@ def test_full_disk_at_the_plot_is_named_as_the_checkpoint_writer_names_it(tmp_pa
     def full_save(*args, **kwargs):
         raise OSError(errno.ENOSPC, 'No space left on device')
     monkeypatch.setattr(torch, 'save', full_save)
-    with pytest.raises(checkpoints.CheckpointError) as checkpoint_error:
-        checkpoints.atomic_save({'w': torch.zeros(1)}, os.path.join(folder, 'last.pth'))
+    with pytest.raises(saving.CheckpointError) as checkpoint_error:
+        saving.atomic_save({'w': torch.zeros(1)}, os.path.join(folder, 'last.pth'))
     assert f': no space left on {folder}; ' in str(checkpoint_error.value)
     assert str(plot_error.value).split(':', 1)[1].split(';')[0] == str(checkpoint_error.value).split(':', 1)[1].split(';')[0]
 

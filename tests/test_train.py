@@ -170,7 +170,7 @@ def test_resume_refuses_a_different_experiment_and_reports_schedule_changes(tmp_
 
 
 def test_atomic_save_keeps_the_old_file_when_a_write_fails(tmp_path):
-    from mixbt.checkpoints import atomic_save
+    from mixbt.saving import atomic_save
 
     class FailsHalfway:
         def __reduce__(self):
@@ -188,7 +188,7 @@ def test_atomic_save_keeps_the_old_file_when_a_write_fails(tmp_path):
 def test_rng_state_survives_a_weights_only_round_trip(tmp_path):
     import random
     import numpy as np
-    from mixbt.checkpoints import atomic_save
+    from mixbt.saving import atomic_save
     from mixbt.runtime import rng_state, set_rng_state
     random.seed(3), np.random.seed(4), torch.manual_seed(5)
     np.random.randn()  # a cached Gaussian is part of NumPy's state too
