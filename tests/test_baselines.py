@@ -481,6 +481,12 @@ E2E = {
 }
 
 
+def test_every_registered_baseline_has_a_two_process_loss_case_and_an_end_to_end_run():
+    """A new method is not silently left out of the two tests above and below: it names its case."""
+    baselines = {n for n, cls in methods.METHODS.items() if issubclass(cls, methods.Baseline)}
+    assert set(two_process_cases()) == baselines and set(E2E) == baselines
+
+
 @pytest.fixture(scope='module')
 def cifar_root(tmp_path_factory):
     root = tmp_path_factory.mktemp('data')
