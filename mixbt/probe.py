@@ -22,6 +22,7 @@ from mixbt import distributed as D
 from mixbt.saving import atomic_save
 from mixbt.errors import MixBTError
 from mixbt.identity import write_json
+from mixbt.nets import sync_batchnorm
 from mixbt.probe_runs import folder_held, open_run, probe_identity
 from mixbt.runtime import backward_step, grad_scaler, rng_state, set_rng_state
 
@@ -313,6 +314,8 @@ def _frozen_fit(args, probe, folder, saved, log, train_ds, train_is_augmented, t
         no_batches = lambda *_: iter(())
         return run(ddp_train=probe, train_batches=no_batches, test_forward=probe.fc, test_batches=no_batches)
     if probe.bn_train:  # batch statistics while training, updated running ones at test: nothing can be cached
+        if D.world_size() > 1:  # the statistics of the global batch, as one process computes them
+            sync_batchnorm(probe.backbone, device)
         train_batches, steps = image_batches(train_ds, args, device)
         test_loader, _ = image_batches(test_ds, args, device, shuffle=False)
         return run(ddp_train=wrap_ddp(probe, device), train_batches=train_batches, test_forward=probe,

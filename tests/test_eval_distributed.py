@@ -1,5 +1,5 @@
-"""The cached-feature probe (linear.py --no_aug, transfer.py, both with --probe_bn eval) under
-torchrun, 2 gloo processes on the CPU, against one process on the same data: it must finish
+"""The probes (linear.py --no_aug with --probe_bn eval or train, transfer.py) under torchrun, 2
+gloo processes on the CPU, against one process on the same data: it must finish
 (every rank takes part in every step, even where its part of the last batch is empty) and train
 the same classifier on every sample (a global batch that the world size does not divide loses
 nothing)."""
@@ -69,6 +69,20 @@ def test_linear_no_aug_two_processes_equal_one_process(tmp_path, repo_root):
     args = ['--dataset', 'cifar10', '--model_path', path, '--data_root', str(tmp_path / 'data'), '--no_aug',
             '--probe_bn', 'eval',
             '--epochs', '3', '--batch_size', str(BATCH), '--workers', '0', '--gpu', '-1']
+    single = linear.main(args + ['--results_dir', str(tmp_path / 'one'), '--run_name', 'run'])
+    proc = torchrun('linear.py', args + ['--results_dir', str(tmp_path / 'two'), '--run_name', 'run'], repo_root)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert_same_run(single['run_dir'], tmp_path / 'two' / 'run')
+
+
+def test_linear_with_the_backbone_batchnorm_in_train_mode_two_processes_equal_one_process(tmp_path, repo_root):
+    """--probe_bn train (the original's, the default): the frozen backbone normalises each global
+    batch with its statistics over all processes and updates its running statistics with them,
+    as one process does (a batch every process divides, unaugmented inputs)."""
+    fakedata.write_cifar(str(tmp_path / 'data'), 'cifar10', n_train=24, n_test=N_TEST)
+    path, _ = released_checkpoint(tmp_path)
+    args = ['--dataset', 'cifar10', '--model_path', path, '--data_root', str(tmp_path / 'data'), '--no_aug',
+            '--probe_bn', 'train', '--epochs', '2', '--batch_size', '8', '--workers', '0', '--gpu', '-1']
     single = linear.main(args + ['--results_dir', str(tmp_path / 'one'), '--run_name', 'run'])
     proc = torchrun('linear.py', args + ['--results_dir', str(tmp_path / 'two'), '--run_name', 'run'], repo_root)
     assert proc.returncode == 0, proc.stderr[-4000:]
