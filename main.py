@@ -354,6 +354,7 @@ def main(argv=None):
     check_writable(args.results_dir)
     device = D.init_distributed(args.gpu)
     spec = datasets.spec_of(args)  # a folder is read here: its faults stop the run before its folder is made
+    datasets.check_image_folder(args.dataset, args.data_root, spec.splits[:1])  # ImageNet: its train/ exists
     resolve_aug(args, spec)  # a folder's default waits for its row (streamed or in memory)
     if args.batch_size % D.world_size() or args.batch_size // D.world_size() < 2:
         raise MixBTError(f'--batch_size {args.batch_size} must be a multiple of the {D.world_size()} processes, with '

@@ -234,3 +234,13 @@ def image_folder(name, root, split, transform=None, skip_bad=False):
     if spec.in_memory:
         raise MixBTError(f'{name} is read into memory, not an image folder; use load()')
     return readers.image_folder(name, root, split, transform, skip_bad, source=spec.source)
+
+
+def check_image_folder(name, root, splits):
+    """Before any run folder is made: the `splits` folders of image-folder data set `name` exist
+    (its images are listed and read later, by image_folder); nothing for in-memory rows."""
+    spec = spec_of(name)
+    for split in () if spec.in_memory else splits:
+        folder = os.path.join(root, split)
+        if not os.path.isdir(folder):
+            raise readers.not_found(name, root, f'no folder {folder}', spec.source)

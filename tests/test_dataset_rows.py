@@ -52,3 +52,11 @@ def test_a_new_image_folder_row_names_its_own_layout_when_missing(subset_row, tm
     with pytest.raises(readers.DatasetNotFound) as e:
         datasets.image_folder('imagenet_subset', str(tmp_path), 'train')
     assert 'imagenet100/{train,val}' in str(e.value) and 'https://example.org/in100' in str(e.value)
+
+
+def test_a_missing_image_folder_is_named_before_any_run_folder_is_made(tmp_path, capsys):
+    import main
+    with pytest.raises(readers.DatasetNotFound, match='no folder .*nowhere.*train'):
+        main.main(['--dataset', 'imagenet', '--data_root', str(tmp_path / 'nowhere'), '--arch', 'resnet18',
+                   '--gpu', '-1', '--results_dir', str(tmp_path / 'results')])
+    assert not (tmp_path / 'results').exists() and 'Run folder' not in capsys.readouterr().out
