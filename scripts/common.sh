@@ -6,6 +6,16 @@ PYTHON=${PYTHON:-python3}
 # numbers (1000, -1), any number (0.01, 1e-3: the default's form is the kind, so write a number flag's whole default
 # as 4.0), layer sizes (8192-8192-8192) or true/false (also 1/0, yes/no); any other setting is not checked here.
 
+# Settings that launch scripts take as main.py/linear.py flags where the script leaves them at the program's
+# default (NAME:--flag): set in the environment of a script that does not read it, it gets a warning saying
+# which flag to pass, never silence.
+SETTINGS_AS_FLAGS="LR:--lr LR_W:--learning-rate-weights LR_B:--learning-rate-biases LR_SHED:--lr_shed
+  OPTIMIZER:--optimizer WEIGHT_DECAY:--weight_decay WARMUP_STEPS:--warmup_steps WARMUP_EPOCHS:--warmup_epochs
+  PROJECTOR:--projector EMB:--emb HEAD_SIZE:--head_size VIEWS:--num_views W_SIZE:--w_size GROUP:--group
+  W_ITER:--w_iter W_EPS:--w_eps TAU:--tau BYOL_TAU:--byol_tau ITERS:--iters BT_LOSS:--bt_loss
+  REF_WORLD_SIZE:--ref_world_size IS_MIXUP:--is_mixup PIPELINE:--pipeline FOLDER_LABELS:--folder_labels
+  MAX_MEMORY_GB:--max_memory_gb LR_CLASSIFIER:--lr-classifier LR_BACKBONE:--lr-backbone FEATURE_DIM:--feature_dim
+  LMBDA:--lmbda MIXUP_LOSS_SCALE:--mixup_loss_scale"
 # Environment variables never taken for a misspelt setting.
 SETTINGS_COMMON_ENV="PATH HOME USER LOGNAME SHELL TERM LANG PWD OLDPWD SHLVL HOSTNAME MAIL TZ DISPLAY EDITOR
   PAGER TMPDIR PYTHON"
@@ -41,7 +51,7 @@ check_settings() {
   # Misspellings: the same name in another case, a word prefix (LR for LR_W, BATCH for BATCH_SIZE), or an
   # edit distance (insertions, deletions, substitutions, swaps of neighbours) of 1, or 2 for names of 6+ letters.
   compgen -e | awk -v known="${_overridable[*]}" -v fixed="${_fixed[*]}" -v common="$SETTINGS_COMMON_ENV" \
-    -v script="$_script" '
+    -v asflags="$SETTINGS_AS_FLAGS" -v script="$_script" '
     function distance(a, b,   i, j, la, lb, d, D) {
       la = length(a); lb = length(b)
       for (i = 0; i <= la; i++) D[i, 0] = i
@@ -60,6 +70,8 @@ check_settings() {
       nk = split(known, K, " "); nf = split(fixed, F, " "); split(common, C, /[ \n]+/)
       for (i = 1; i <= nk; i++) skip[K[i]] = 1
       for (i in C) skip[C[i]] = 1
+      na = split(asflags, A, /[ \n]+/)
+      for (i = 1; i <= na; i++) if (split(A[i], pair, ":") == 2) flag[pair[1]] = pair[2]
     }
     length($0) < 2 || ($0 in skip) || $0 !~ /^[A-Za-z_][A-Za-z0-9_]*$/ { next }
     {
@@ -72,6 +84,9 @@ check_settings() {
       }
       if (hits != "")
         printf "warning: %s is set in the environment but %s does not read it: did you mean %s?\n", $0, script, hits
+      else if ($0 in flag)
+        printf "warning: %s is set in the environment but %s does not read it: pass %s VALUE to change it\n",
+               $0, script, flag[$0]
       for (i = 1; i <= nf; i++)
         if (e == toupper(F[i]))
           printf "warning: %s is set in the environment but %s fixes %s (edit the script to change it)\n",

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from unittest import mock
 
 import pytest
@@ -634,3 +635,27 @@ def test_transfer_script_evaluates_each_transfer_set(world, tmp_path):
     assert len(glob.glob(str(tmp_path / 'out' / '*' / 'results.json'))) == len(expected)
     csvs = glob.glob(str(tmp_path / 'out' / '*' / '*_statistics.csv'))
     assert sorted(c.rsplit('_transfer_', 1)[1][:-len('_statistics.csv')] for c in csvs) == sorted(expected)
+
+
+def test_a_setting_a_script_leaves_to_main_py_is_warned_about_with_its_flag(tmp_path):
+    """A script that does not restate a default does not read its variable (LR, HEAD_SIZE, BT_LOSS):
+    setting it says which flag to pass, and the run goes on with the default."""
+    proc, calls = run('ssl-sota/cwrgp/cifar10.sh', tmp_path, {'LR': '0.5', 'HEAD_SIZE': '2048'})
+    assert proc.returncode == 0 and calls
+    assert ('LR is set in the environment but ssl-sota/cwrgp/cifar10.sh does not read it: pass --lr VALUE'
+            in proc.stderr) and 'HEAD_SIZE is set in the environment' in proc.stderr and '--head_size' in proc.stderr
+    proc, _ = run('scripts-pretrain-resnet18/cifar10.sh', tmp_path, {'LR': '0.5'})
+    assert 'warning' not in proc.stderr  # this script reads LR
+
+
+def test_every_flag_named_for_a_setting_left_to_the_program_exists():
+    from mixbt import config
+    pairs = subprocess.run(['bash', '-c', 'source scripts/common.sh; echo $SETTINGS_AS_FLAGS'], cwd=REPO,
+                           capture_output=True, text=True).stdout.split()
+    options = {o for a in config.build_parser()._actions for o in a.option_strings}
+    linear_help = subprocess.run([sys.executable, 'linear.py', '--help'], cwd=REPO, capture_output=True,
+                                 text=True).stdout
+    assert len(pairs) > 20
+    for pair in pairs:
+        name, flag = pair.split(':')
+        assert flag in options or flag in linear_help, pair
